@@ -1,0 +1,27 @@
+"""The actor kernel: bounded mailboxes, supervised actors, and a registry of one actor per key.
+
+It knows nothing of bots, models or HTTP; only trio and attrs. The error tree::
+
+    ActorError
+    ├── MailboxFull      the mailbox is at capacity; the sender may retry later
+    └── ActorStopped     the actor stopped before handling the message
+        └── ActorCrashed the message crashed its actor more often than the policy allows
+"""
+
+from actors._errors import ActorCrashed, ActorError, ActorStopped, MailboxFull
+from actors._mailbox import Mailbox, MailboxStatistics
+from actors._registry import Actor, Registry, RegistryStatistics
+from actors._supervisor import RestartPolicy
+
+__all__ = [
+    "Actor",
+    "ActorCrashed",
+    "ActorError",
+    "ActorStopped",
+    "Mailbox",
+    "MailboxFull",
+    "MailboxStatistics",
+    "Registry",
+    "RegistryStatistics",
+    "RestartPolicy",
+]
