@@ -1,0 +1,34 @@
+"""Channel edges: each adapter turns a wire protocol into `Inbound` events and delivers replies.
+
+Adapters know nothing of models or memory; they call a `Deliver` and answer with what comes back.
+"""
+
+from adapters.base import (
+    Accepted,
+    Busy,
+    ChannelError,
+    Deliver,
+    Inbound,
+    Progress,
+    Reply,
+    ReplyError,
+    Responder,
+    TextDelta,
+    ToolProgress,
+    Unavailable,
+)
+
+__all__ = [
+    "Accepted",
+    "Busy",
+    "ChannelError",
+    "Deliver",
+    "Inbound",
+    "Progress",
+    "Reply",
+    "ReplyError",
+    "Responder",
+    "TextDelta",
+    "ToolProgress",
+    "Unavailable",
+]
