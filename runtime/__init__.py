@@ -1,0 +1,1 @@
+"""BotCoreBot: the runtime that makes a BotCore workspace alive."""

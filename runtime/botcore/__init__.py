@@ -1,0 +1,44 @@
+"""The BotCore SDK in Python: a bot's identity, memory, history, tasks and files.
+
+Usable on its own under trio::
+
+    async with await Bot.open("examples/demo-bot") as bot:
+        await bot.memory.store("my cat is called Miso", type="factual")
+        print(await bot.memory.recall("cat"))
+
+Errors::
+
+    BotCoreError
+    ├── WorkspaceError   the workspace is missing or unreadable
+    ├── OutsideWorkspace a file path leads outside the workspace
+    └── InvalidMemory    a memory with no content, an unknown type, importance outside [0, 1]
+"""
+
+from runtime.botcore._bot import Bot, BotTools
+from runtime.botcore._db import Database
+from runtime.botcore._errors import BotCoreError, InvalidMemory, OutsideWorkspace, WorkspaceError
+from runtime.botcore._files import FileTools
+from runtime.botcore._history import History, HistoryEntry
+from runtime.botcore._identity import Identity, IdentityFiles
+from runtime.botcore._memory import Memory, MemoryStore, MemoryType
+from runtime.botcore._tasks import Task, Tasks
+
+__all__ = [
+    "Bot",
+    "BotCoreError",
+    "BotTools",
+    "Database",
+    "FileTools",
+    "History",
+    "HistoryEntry",
+    "Identity",
+    "IdentityFiles",
+    "InvalidMemory",
+    "Memory",
+    "MemoryStore",
+    "MemoryType",
+    "OutsideWorkspace",
+    "Task",
+    "Tasks",
+    "WorkspaceError",
+]

@@ -1,0 +1,125 @@
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+import trio
+
+T = TypeVar("T")
+
+_SCHEMA = [
+    # version 1
+    """
+    CREATE TABLE memories (
+        id INTEGER PRIMARY KEY,
+        content TEXT NOT NULL,
+        type TEXT NOT NULL,
+        importance REAL NOT NULL,
+        metadata TEXT NOT NULL DEFAULT '{}',
+        created_at REAL NOT NULL,
+        accessed_at REAL NOT NULL,
+        access_count INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE VIRTUAL TABLE memories_fts USING fts5(
+        content, content='memories', content_rowid='id', tokenize='porter unicode61'
+    );
+    CREATE TRIGGER memories_ai AFTER INSERT ON memories BEGIN
+        INSERT INTO memories_fts(rowid, content) VALUES (new.id, new.content);
+    END;
+    CREATE TRIGGER memories_ad AFTER DELETE ON memories BEGIN
+        INSERT INTO memories_fts(memories_fts, rowid, content) VALUES ('delete', old.id, old.content);
+    END;
+    CREATE TRIGGER memories_au AFTER UPDATE OF content ON memories BEGIN
+        INSERT INTO memories_fts(memories_fts, rowid, content) VALUES ('delete', old.id, old.content);
+        INSERT INTO memories_fts(rowid, content) VALUES (new.id, new.content);
+    END;
+    CREATE TABLE history (
+        id INTEGER PRIMARY KEY,
+        session_key TEXT NOT NULL,
+        turn_id TEXT NOT NULL,
+        role TEXT NOT NULL,
+        content TEXT NOT NULL,
+        usage TEXT NOT NULL DEFAULT '{}',
+        created_at REAL NOT NULL
+    );
+    CREATE INDEX history_by_session ON history(session_key, id);
+    CREATE TABLE activity (
+        id INTEGER PRIMARY KEY,
+        at REAL NOT NULL,
+        op TEXT NOT NULL,
+        path TEXT NOT NULL,
+        bytes INTEGER NOT NULL
+    );
+    CREATE TABLE tasks (
+        id INTEGER PRIMARY KEY,
+        title TEXT NOT NULL,
+        status TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL
+    );
+    CREATE TABLE inbox (
+        id INTEGER PRIMARY KEY,
+        channel TEXT NOT NULL,
+        session_id TEXT NOT NULL,
+        message_id TEXT,
+        sender TEXT,
+        text TEXT NOT NULL,
+        state TEXT NOT NULL,
+        reply TEXT,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL
+    );
+    CREATE UNIQUE INDEX inbox_by_message ON inbox(channel, session_id, message_id)
+        WHERE message_id IS NOT NULL;
+    CREATE INDEX inbox_by_state ON inbox(state, id);
+    """,
+]
+
+
+class Database:
+    """The bot's one SQLite database (WAL), used from worker threads one call at a time.
+
+    Every call runs in a worker thread through `run`, so the trio loop never blocks on disk;
+    calls are serialized by a capacity limiter of one, which is what SQLite wants for writes.
+    A call that is already running finishes even if the caller is cancelled, so a cancelled
+    turn never leaves a half-written transaction behind.
+    """
+
+    def __init__(self, connection: sqlite3.Connection, path: Path) -> None:
+        self._connection = connection
+        self._limiter = trio.CapacityLimiter(1)
+        self.path = path
+
+    @classmethod
+    async def open(cls, path: Path) -> Database:
+        connection = await trio.to_thread.run_sync(_connect, path)
+        return cls(connection, path)
+
+    async def run(self, call: Callable[[sqlite3.Connection], T]) -> T:
+        """Run `call(connection)` in a worker thread inside one transaction."""
+        return await trio.to_thread.run_sync(self._transaction, call, limiter=self._limiter)
+
+    def _transaction(self, call: Callable[[sqlite3.Connection], T]) -> T:
+        with self._connection:
+            return call(self._connection)
+
+    async def aclose(self) -> None:
+        await trio.to_thread.run_sync(self._connection.close, limiter=self._limiter)
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    connection = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+    # Autocommit for the pragmas (journal_mode cannot change inside a transaction); then
+    # DEFERRED transactions, committed by `with connection:` in `Database._transaction`.
+    connection.execute("PRAGMA journal_mode=WAL")
+    connection.execute("PRAGMA synchronous=NORMAL")
+    connection.execute("PRAGMA busy_timeout=5000")
+    connection.isolation_level = "DEFERRED"
+    version = connection.execute("PRAGMA user_version").fetchone()[0]
+    for number, script in enumerate(_SCHEMA[version:], start=version + 1):
+        connection.executescript(script)
+        connection.execute(f"PRAGMA user_version={number}")
+    return connection
