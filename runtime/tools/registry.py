@@ -1,0 +1,155 @@
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+
+import attrs
+import trio
+
+from runtime.botcore import Bot
+from runtime.llm import ToolCall, ToolResult, ToolSpec
+
+log = logging.getLogger("runtime.tools")
+
+JSONObject = Mapping[str, object]
+
+
+@attrs.frozen
+class ToolContext:
+    """What a tool may touch: the bot, and the session it runs for."""
+
+    bot: Bot
+    session_key: str
+
+
+Handler = Callable[[ToolContext, JSONObject], Awaitable[str]]
+
+
+@attrs.frozen
+class Tool:
+    spec: ToolSpec
+    handler: Handler = attrs.field(eq=False)
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+
+class ToolRegistry:
+    def __init__(self, tools: Iterable[Tool] = ()) -> None:
+        self._tools: dict[str, Tool] = {}
+        for tool in tools:
+            self.add(tool)
+
+    def add(self, tool: Tool) -> None:
+        if tool.name in self._tools:
+            raise ValueError(f"tool {tool.name!r} is registered twice")
+        self._tools[tool.name] = tool
+
+    def get(self, name: str) -> Tool | None:
+        return self._tools.get(name)
+
+    def specs(self) -> tuple[ToolSpec, ...]:
+        return tuple(tool.spec for tool in self._tools.values())
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._tools
+
+
+class ToolExecutor:
+    """Runs the model's tool calls. It never raises for a tool's sake (only `Cancelled`):
+    an unknown tool, bad arguments, an exception or a timeout become an error result that
+    goes back to the model, which can then correct itself or tell the user."""
+
+    def __init__(self, registry: ToolRegistry, *, timeout: float = 30.0) -> None:
+        self._registry = registry
+        self._timeout = timeout
+
+    async def run(self, call: ToolCall, context: ToolContext) -> ToolResult:
+        tool = self._registry.get(call.name)
+        if tool is None:
+            known = ", ".join(spec.name for spec in self._registry.specs())
+            return ToolResult(
+                call.id, call.name, f"unknown tool {call.name!r}; known: {known}", True
+            )
+        problems = validate(call.arguments, tool.spec.parameters)
+        if problems:
+            return ToolResult(call.id, call.name, "invalid arguments: " + "; ".join(problems), True)
+        try:
+            with trio.fail_after(self._timeout):
+                content = await tool.handler(context, call.arguments)
+        except trio.TooSlowError:
+            return ToolResult(call.id, call.name, f"timed out after {self._timeout:g}s", True)
+        except Exception as exc:
+            log.info("tool %s failed: %r", call.name, exc)
+            return ToolResult(call.id, call.name, _describe(exc), True)
+        return ToolResult(call.id, call.name, content)
+
+
+def _describe(exc: Exception) -> str:
+    if isinstance(exc, FileNotFoundError):
+        return f"no such file: {exc.filename}" if exc.filename else "no such file"
+    if isinstance(exc, IsADirectoryError | NotADirectoryError | PermissionError):
+        return f"{exc.strerror}: {exc.filename}"
+    return str(exc) or type(exc).__name__
+
+
+_TYPES: dict[str, tuple[type, ...]] = {
+    "string": (str,),
+    "integer": (int,),
+    "number": (int, float),
+    "boolean": (bool,),
+    "object": (dict,),
+    "array": (list,),
+}
+
+
+def validate(arguments: JSONObject, schema: JSONObject, at: str = "$") -> list[str]:
+    """Check tool arguments against the subset of JSON Schema our tools use.
+
+    Covers `type`, `properties`, `required`, `additionalProperties: false`, `enum`,
+    `minimum`/`maximum` and `minLength`; returns what is wrong, in words, empty when valid.
+    """
+    problems: list[str] = []
+    properties = schema.get("properties", {})
+    assert isinstance(properties, dict)
+    required = schema.get("required", [])
+    assert isinstance(required, list)
+    for name in required:
+        if name not in arguments:
+            problems.append(f"missing required field {at}.{name}")
+    if schema.get("additionalProperties") is False:
+        problems.extend(
+            f"unexpected field {at}.{name}" for name in arguments if name not in properties
+        )
+    for name, value in arguments.items():
+        rule = properties.get(name)
+        if isinstance(rule, dict):
+            problems.extend(_check(value, rule, f"{at}.{name}"))
+    return problems
+
+
+def _check(value: object, rule: dict[str, object], at: str) -> list[str]:
+    expected = rule.get("type")
+    if isinstance(expected, str):
+        kinds = _TYPES.get(expected, (object,))
+        if not isinstance(value, kinds) or (
+            expected in ("integer", "number") and isinstance(value, bool)
+        ):
+            return [f"{at} must be {expected}, got {type(value).__name__}"]
+    problems: list[str] = []
+    choices = rule.get("enum")
+    if isinstance(choices, list) and value not in choices:
+        problems.append(f"{at} must be one of {', '.join(map(str, choices))}")
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        low, high = rule.get("minimum"), rule.get("maximum")
+        if isinstance(low, int | float) and value < low:
+            problems.append(f"{at} must be at least {low}")
+        if isinstance(high, int | float) and value > high:
+            problems.append(f"{at} must be at most {high}")
+    shortest = rule.get("minLength")
+    if isinstance(value, str) and isinstance(shortest, int) and len(value) < shortest:
+        problems.append(f"{at} must not be empty" if shortest == 1 else f"{at} is too short")
+    if isinstance(value, dict) and rule.get("type") == "object":
+        problems.extend(validate(value, rule, at))
+    return problems
