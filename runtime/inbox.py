@@ -1,0 +1,180 @@
+"""The durable inbox: a message is in the database before its channel hears it was accepted.
+
+States: `received` → `processing` → `replied`, or `dead` when it kept crashing its session.
+After a crash, `received` and `processing` rows are handled again, in order; the channel's
+message id (an HTTP `Idempotency-Key`, a Telegram update id) makes a repeat return the stored
+reply instead of running a second turn.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Mapping, Sequence
+from typing import Literal
+
+import attrs
+import cattrs
+
+from adapters import Inbound, Reply
+from runtime.botcore import Database
+from runtime.botcore._history import Role, insert_turn
+
+State = Literal["received", "processing", "replied", "dead"]
+
+_converter = cattrs.Converter()
+
+
+@attrs.frozen
+class InboxEntry:
+    id: int
+    channel: str
+    session_id: str
+    text: str
+    state: State
+    message_id: str | None = None
+    sender: str | None = None
+    reply: Reply | None = None
+
+    @property
+    def session_key(self) -> str:
+        return f"{self.channel}:{self.session_id}"
+
+
+class Inbox:
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    async def accept(self, inbound: Inbound) -> tuple[InboxEntry, bool]:
+        """Record the message; (entry, True) when new, (the earlier entry, False) on a repeat."""
+        now = time.time()
+
+        def insert(db: sqlite3.Connection) -> tuple[InboxEntry, bool]:
+            if inbound.message_id is not None:
+                row = db.execute(
+                    f"SELECT {_COLUMNS} FROM inbox"
+                    " WHERE channel = ? AND session_id = ? AND message_id = ?",
+                    (inbound.channel, inbound.session_id, inbound.message_id),
+                ).fetchone()
+                if row is not None:
+                    return _entry(row), False
+            cursor = db.execute(
+                "INSERT INTO inbox (channel, session_id, message_id, sender, text, state,"
+                " created_at, updated_at) VALUES (?, ?, ?, ?, ?, 'received', ?, ?)",
+                (
+                    inbound.channel,
+                    inbound.session_id,
+                    inbound.message_id,
+                    inbound.sender,
+                    inbound.text,
+                    now,
+                    now,
+                ),
+            )
+            assert cursor.lastrowid is not None
+            entry = InboxEntry(
+                cursor.lastrowid,
+                inbound.channel,
+                inbound.session_id,
+                inbound.text,
+                "received",
+                inbound.message_id,
+                inbound.sender,
+            )
+            return entry, True
+
+        return await self._db.run(insert)
+
+    async def withdraw(self, entry_id: int) -> None:
+        """Forget a message that was refused after all (its session's mailbox was full)."""
+        await self._db.run(lambda db: db.execute("DELETE FROM inbox WHERE id = ?", (entry_id,)))
+
+    async def processing(self, entry_id: int) -> None:
+        await self._set_state(entry_id, "processing")
+
+    async def complete(
+        self,
+        entry_id: int,
+        session_key: str,
+        exchange: Sequence[tuple[Role, str]],
+        usage: Mapping[str, int],
+        reply: Reply,
+    ) -> None:
+        """Store the turn's history and the reply together: one transaction, so a crash can
+        never leave a turn in the history whose message is still waiting to be handled."""
+        body = json.dumps(_converter.unstructure(reply))
+
+        def write(db: sqlite3.Connection) -> None:
+            insert_turn(db, session_key, reply.turn_id, exchange, usage)
+            db.execute(
+                "UPDATE inbox SET state = 'replied', reply = ?, updated_at = ? WHERE id = ?",
+                (body, time.time(), entry_id),
+            )
+
+        await self._db.run(write)
+
+    async def dead(self, entry_id: int, reply: Reply) -> None:
+        body = json.dumps(_converter.unstructure(reply))
+        await self._db.run(
+            lambda db: db.execute(
+                "UPDATE inbox SET state = 'dead', reply = ?, updated_at = ? WHERE id = ?",
+                (body, time.time(), entry_id),
+            )
+        )
+
+    async def unfinished(self) -> list[InboxEntry]:
+        """Messages accepted but not answered, oldest first (per-session order kept)."""
+        rows = await self._db.run(
+            lambda db: db.execute(
+                f"SELECT {_COLUMNS} FROM inbox WHERE state IN ('received', 'processing')"
+                " ORDER BY id"
+            ).fetchall()
+        )
+        return [_entry(row) for row in rows]
+
+    async def dead_letters(self) -> list[InboxEntry]:
+        rows = await self._db.run(
+            lambda db: db.execute(
+                f"SELECT {_COLUMNS} FROM inbox WHERE state = 'dead' ORDER BY id"
+            ).fetchall()
+        )
+        return [_entry(row) for row in rows]
+
+    async def retry(self, entry_id: int) -> bool:
+        """Put a dead letter back to be handled at the next start; False if there is none."""
+        changed: int = await self._db.run(
+            lambda db: (
+                db.execute(
+                    "UPDATE inbox SET state = 'received', reply = NULL, updated_at = ?"
+                    " WHERE id = ? AND state = 'dead'",
+                    (time.time(), entry_id),
+                ).rowcount
+            )
+        )
+        return changed == 1
+
+    async def _set_state(self, entry_id: int, state: State) -> None:
+        await self._db.run(
+            lambda db: db.execute(
+                "UPDATE inbox SET state = ?, updated_at = ? WHERE id = ?",
+                (state, time.time(), entry_id),
+            )
+        )
+
+
+_COLUMNS = "id, channel, session_id, text, state, message_id, sender, reply"
+
+
+def _entry(row: tuple[object, ...]) -> InboxEntry:
+    reply = row[7]
+    return InboxEntry(
+        id=int(str(row[0])),
+        channel=str(row[1]),
+        session_id=str(row[2]),
+        text=str(row[3]),
+        state=str(row[4]),  # type: ignore[arg-type]
+        message_id=None if row[5] is None else str(row[5]),
+        sender=None if row[6] is None else str(row[6]),
+        reply=None if reply is None else _converter.structure(json.loads(str(reply)), Reply),
+    )

@@ -1,0 +1,391 @@
+"""The session actor and its turn, an explicit state machine.
+
+    Received → Recalling → Prompting → CallingModel ⇄ DispatchingTools → Storing → Replying → Done
+                                                     (any state) ↘ Failed
+
+`step(turn, event)` is pure: it never reads a clock or touches the network. It returns the next
+turn and at most one *effect* (recall, build the prompt, call the model, run tools, store, reply);
+`SessionActor` performs the effect and feeds its result back as the next event, as OTP's
+gen_statem does. Every transition is logged with the time spent in the state it leaves.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import uuid
+
+import attrs
+import trio
+
+from adapters import Inbound, Reply, ReplyError, TextDelta, ToolProgress
+from runtime.botcore import Bot, HistoryEntry, Identity, Memory
+from runtime.inbox import Inbox
+from runtime.llm import (
+    AssistantTurn,
+    ModelRequest,
+    ModelResponse,
+    Provider,
+    ProviderError,
+    ToolCall,
+    ToolResult,
+    ToolResults,
+    Usage,
+)
+from runtime.prompt import build_request
+from runtime.tools import ToolContext, ToolExecutor, ToolRegistry
+
+log = logging.getLogger("runtime.session")
+
+
+class Phase(enum.StrEnum):
+    RECEIVED = "received"
+    RECALLING = "recalling"
+    PROMPTING = "prompting"
+    CALLING_MODEL = "calling_model"
+    DISPATCHING_TOOLS = "dispatching_tools"
+    STORING = "storing"
+    REPLYING = "replying"
+    DONE = "done"
+    FAILED = "failed"
+
+
+@attrs.frozen
+class TurnLimits:
+    max_tool_rounds: int = 8
+    recall_limit: int = 5
+    history_limit: int = 20
+    max_tokens: int = 1024
+
+
+@attrs.frozen
+class Turn:
+    """Everything one turn has learned so far; each transition carries it forward."""
+
+    turn_id: str
+    session_id: str
+    text: str
+    phase: Phase = Phase.RECEIVED
+    visited: tuple[Phase, ...] = (Phase.RECEIVED,)
+    memories: tuple[Memory, ...] = ()
+    request: ModelRequest | None = None
+    answer: str = ""
+    rounds: int = 0
+    tools_used: int = 0
+    usage: Usage = attrs.field(factory=Usage)
+    model: str = ""
+    retries: int = 0
+    error: ReplyError | None = None
+
+    def to(self, phase: Phase, **changes: object) -> Turn:
+        return attrs.evolve(self, phase=phase, visited=(*self.visited, phase), **changes)  # type: ignore[arg-type]
+
+    def reply(self) -> Reply:
+        message = (
+            self.answer
+            if self.error is None
+            else f"Sorry, I could not answer: {self.error.message}"
+        )
+        return Reply(
+            message=message,
+            session_id=self.session_id,
+            turn_id=self.turn_id,
+            memories_recalled=len(self.memories),
+            tools_used=self.tools_used,
+            states=tuple(p.value for p in self.visited),
+            model=self.model,
+            usage=(*self.usage.as_dict().items(), ("retries", self.retries)),
+            error=self.error,
+        )
+
+
+# Events: what happened, fed into `step`.
+@attrs.frozen
+class Start:
+    pass
+
+
+@attrs.frozen
+class Recalled:
+    identity: Identity
+    memories: tuple[Memory, ...]
+    history: tuple[HistoryEntry, ...]
+
+
+@attrs.frozen
+class PromptBuilt:
+    request: ModelRequest
+
+
+@attrs.frozen
+class ModelAnswered:
+    response: ModelResponse
+
+
+@attrs.frozen
+class ToolsFinished:
+    results: tuple[ToolResult, ...]
+
+
+@attrs.frozen
+class Stored:
+    pass
+
+
+@attrs.frozen
+class Replied:
+    pass
+
+
+@attrs.frozen
+class EffectFailed:
+    error: ReplyError
+
+
+Event = (
+    Start | Recalled | PromptBuilt | ModelAnswered | ToolsFinished | Stored | Replied | EffectFailed
+)
+
+
+# Effects: what the actor must do next.
+@attrs.frozen
+class Recall:
+    query: str
+    limit: int
+    history_limit: int
+
+
+@attrs.frozen
+class BuildPrompt:
+    identity: Identity
+    memories: tuple[Memory, ...]
+    history: tuple[HistoryEntry, ...]
+    text: str
+    max_tokens: int
+
+
+@attrs.frozen
+class CallModel:
+    request: ModelRequest
+
+
+@attrs.frozen
+class RunTools:
+    calls: tuple[ToolCall, ...]
+
+
+@attrs.frozen
+class Store:
+    text: str
+    reply: Reply
+
+
+@attrs.frozen
+class SendReply:
+    reply: Reply
+
+
+Effect = Recall | BuildPrompt | CallModel | RunTools | Store | SendReply
+
+
+class IllegalTransition(Exception):
+    """An event arrived in a state that cannot take it: a bug, so the actor crashes."""
+
+
+def step(turn: Turn, event: Event, limits: TurnLimits) -> tuple[Turn, Effect | None]:
+    """The turn's transition function: (turn, event) → (next turn, effect to perform)."""
+    phase = turn.phase
+    if isinstance(event, EffectFailed) and phase not in (Phase.DONE, Phase.FAILED):
+        failed = turn.to(Phase.FAILED, error=event.error)
+        return failed, SendReply(failed.reply())
+    match phase, event:
+        case Phase.RECEIVED, Start():
+            return turn.to(Phase.RECALLING), Recall(
+                turn.text, limits.recall_limit, limits.history_limit
+            )
+        case Phase.RECALLING, Recalled(identity, memories, history):
+            return turn.to(Phase.PROMPTING, memories=memories), BuildPrompt(
+                identity, memories, history, turn.text, limits.max_tokens
+            )
+        case Phase.PROMPTING, PromptBuilt(request):
+            return turn.to(Phase.CALLING_MODEL, request=request), CallModel(request)
+        case Phase.CALLING_MODEL, ModelAnswered(response):
+            return _answered(turn, response, limits)
+        case Phase.DISPATCHING_TOOLS, ToolsFinished(results):
+            assert turn.request is not None
+            request = attrs.evolve(
+                turn.request, messages=(*turn.request.messages, ToolResults(results))
+            )
+            return turn.to(
+                Phase.CALLING_MODEL,
+                request=request,
+                rounds=turn.rounds + 1,
+                tools_used=turn.tools_used + len(results),
+            ), CallModel(request)
+        case Phase.STORING, Stored():
+            replying = turn.to(Phase.REPLYING)
+            return replying, SendReply(replying.reply())
+        case Phase.REPLYING, Replied():
+            return turn.to(Phase.DONE), None
+        case Phase.FAILED, Replied():
+            return turn, None
+    raise IllegalTransition(f"{type(event).__name__} cannot happen in state {phase.value}")
+
+
+def _answered(
+    turn: Turn, response: ModelResponse, limits: TurnLimits
+) -> tuple[Turn, Effect | None]:
+    usage, retries = turn.usage + response.usage, turn.retries + response.retries
+    model = response.model or turn.model
+    if not response.tool_calls:
+        storing = turn.to(
+            Phase.STORING, answer=response.text, usage=usage, retries=retries, model=model
+        )
+        return storing, Store(turn.text, storing.to(Phase.REPLYING).reply())
+    if turn.rounds >= limits.max_tool_rounds:
+        error = ReplyError(
+            "tool_rounds",
+            f"the model was still calling tools after {limits.max_tool_rounds} rounds; "
+            "try a simpler request",
+        )
+        failed = turn.to(Phase.FAILED, usage=usage, retries=retries, model=model, error=error)
+        return failed, SendReply(failed.reply())
+    assert turn.request is not None
+    request = attrs.evolve(
+        turn.request,
+        messages=(*turn.request.messages, AssistantTurn(response.text, response.tool_calls)),
+    )
+    return turn.to(
+        Phase.DISPATCHING_TOOLS, request=request, usage=usage, retries=retries, model=model
+    ), RunTools(response.tool_calls)
+
+
+@attrs.frozen
+class Job:
+    """A message in a session's mailbox: the inbound event and its row in the inbox."""
+
+    inbound: Inbound
+    inbox_id: int
+
+
+@attrs.frozen
+class SessionServices:
+    """What every session actor shares."""
+
+    bot: Bot
+    provider: Provider
+    tools: ToolRegistry
+    executor: ToolExecutor
+    inbox: Inbox
+    model_limiter: trio.CapacityLimiter
+    limits: TurnLimits = TurnLimits()
+    turn_timeout: float = 120.0
+
+
+class SessionActor:
+    """Runs the turns of one session, one message at a time.
+
+    Expected failures (the provider down, the turn too slow) end the turn in `Failed` with a
+    reply that says so. Anything else is a bug or a broken database: it propagates, and the
+    supervisor restarts the actor and hands it the same job again.
+    """
+
+    def __init__(self, session_key: str, services: SessionServices) -> None:
+        self.session_key = session_key
+        self._services = services
+
+    async def handle(self, job: Job) -> None:
+        services = self._services
+        await services.inbox.processing(job.inbox_id)
+        turn = Turn(
+            turn_id=uuid.uuid4().hex[:12], session_id=job.inbound.session_id, text=job.inbound.text
+        )
+        event: Event = Start()
+        started = entered = trio.current_time()
+        with trio.move_on_after(services.turn_timeout) as deadline:
+            while True:
+                turn, effect = step(turn, event, services.limits)
+                entered = self._transition(turn, entered)
+                if effect is None:
+                    return
+                # Storing and replying are short writes that must not be cut in half.
+                with trio.CancelScope(shield=isinstance(effect, Store | SendReply)):
+                    event = await self._perform(effect, turn, job, started)
+        # The turn ran out of time: fail it through the same machine, outside the deadline.
+        if deadline.cancelled_caught and turn.phase not in (Phase.DONE, Phase.FAILED):
+            error = ReplyError("timeout", f"the turn took longer than {services.turn_timeout:g}s")
+            turn, effect = step(turn, EffectFailed(error), services.limits)
+            self._transition(turn, entered)
+            assert effect is not None
+            await self._perform(effect, turn, job, started)
+
+    def _transition(self, turn: Turn, entered: float) -> float:
+        now = trio.current_time()
+        previous = turn.visited[-2].value if len(turn.visited) > 1 else "-"
+        log.debug(
+            "session=%s turn=%s %s -> %s after %.1fms",
+            self.session_key,
+            turn.turn_id,
+            previous,
+            turn.phase.value,
+            (now - entered) * 1000,
+        )
+        return now
+
+    async def _perform(self, effect: Effect, turn: Turn, job: Job, started: float) -> Event:
+        services, inbound = self._services, job.inbound
+        bot = services.bot
+        match effect:
+            case Recall(query, limit, history_limit):
+                identity = await bot.identity.load()
+                memories = await bot.memory.recall(query, limit=limit)
+                history = await bot.history.recent(self.session_key, history_limit)
+                return Recalled(identity, tuple(memories), tuple(history))
+            case BuildPrompt(identity, memories, history, text, max_tokens):
+                request = build_request(
+                    identity, memories, history, text, services.tools.specs(), max_tokens=max_tokens
+                )
+                return PromptBuilt(request)
+            case CallModel(request):
+                on_text = lambda text: inbound.responder.progress(TextDelta(text))  # noqa: E731
+                try:
+                    async with services.model_limiter:
+                        response = await services.provider.complete(request, on_text=on_text)
+                except ProviderError as exc:
+                    return EffectFailed(ReplyError("provider", str(exc)))
+                return ModelAnswered(response)
+            case RunTools(calls):
+                context = ToolContext(bot, self.session_key)
+                results = []
+                for call in calls:
+                    inbound.responder.progress(ToolProgress(call.name, call.id, "start"))
+                    result = await services.executor.run(call, context)
+                    inbound.responder.progress(
+                        ToolProgress(call.name, call.id, "end", is_error=result.is_error)
+                    )
+                    results.append(result)
+                return ToolsFinished(tuple(results))
+            case Store(text, reply):
+                reply = _timed(reply, started)
+                await services.inbox.complete(
+                    job.inbox_id,
+                    self.session_key,
+                    [("user", text), ("assistant", reply.message)],
+                    dict(reply.usage),
+                    reply,
+                )
+                return Stored()
+            case SendReply(reply):
+                reply = _timed(reply, started)
+                if reply.error is not None:
+                    # A failed turn leaves no history, only its reply on the inbox row.
+                    await services.inbox.complete(
+                        job.inbox_id, self.session_key, [], dict(reply.usage), reply
+                    )
+                inbound.responder.reply(reply)
+                return Replied()
+        raise AssertionError(f"unknown effect {effect!r}")
+
+
+def _timed(reply: Reply, started: float) -> Reply:
+    return attrs.evolve(reply, duration_ms=round((trio.current_time() - started) * 1000, 1))
