@@ -1,0 +1,137 @@
+"""What the Anthropic and OpenAI providers share: retry accounting and error translation.
+
+Both SDKs retry 408/409/429/5xx (Anthropic's 529 included), connection errors and timeouts
+with exponential backoff and jitter, honouring `retry-after`. We keep that one retry layer and
+only watch it: the SDKs number each attempt in the `x-stainless-retry-count` header, which an
+httpx2 event hook reads into the statistics of the call in progress (a context variable, so
+concurrent calls on one client never mix their counts).
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import attrs
+import httpx2
+
+from runtime.llm.base import ProviderError, ProviderRejected, ProviderUnavailable
+
+log = logging.getLogger("runtime.llm")
+
+
+@attrs.define
+class CallStatistics:
+    retries: int = 0
+
+
+_current: contextvars.ContextVar[CallStatistics | None] = contextvars.ContextVar(
+    "botcore_model_call", default=None
+)
+
+
+@contextmanager
+def counting_retries() -> Iterator[CallStatistics]:
+    statistics = CallStatistics()
+    token = _current.set(statistics)
+    try:
+        yield statistics
+    finally:
+        _current.reset(token)
+
+
+def event_hooks(provider: str) -> dict[str, list[Any]]:
+    async def on_request(request: httpx2.Request) -> None:
+        attempt = int(request.headers.get("x-stainless-retry-count", "0") or 0)
+        statistics = _current.get()
+        if attempt and statistics is not None and attempt > statistics.retries:
+            statistics.retries = attempt
+            log.warning(
+                "%s: retry %d of %s %s", provider, attempt, request.method, request.url.path
+            )
+
+    async def on_response(response: httpx2.Response) -> None:
+        if response.status_code >= 400:
+            wait = response.headers.get("retry-after")
+            log.warning(
+                "%s answered %d%s",
+                provider,
+                response.status_code,
+                f" (retry-after {wait}s)" if wait else "",
+            )
+
+    return {"request": [on_request], "response": [on_response]}
+
+
+# What a provider call may raise besides the SDK's own errors: transport failures while the
+# stream is read (a dropped connection), and malformed data (ValueError covers bad JSON).
+TRANSPORT_ERRORS = (httpx2.HTTPError, httpx2.StreamError, ValueError)
+
+
+def translate(
+    provider: str, exc: Exception, statistics: CallStatistics, *, key_variable: str, model: str
+) -> ProviderError:
+    """An SDK or transport error as one of ours, with a message a person can act on."""
+    status = getattr(exc, "status_code", None)
+    retries = statistics.retries
+    detail = _detail(exc)
+    after = f" after {retries} retr{'y' if retries == 1 else 'ies'}" if retries else ""
+    if status == 401:
+        return ProviderRejected(
+            f"{provider} rejected the API key (401); check {key_variable}", retries=retries
+        )
+    if status == 403:
+        return ProviderRejected(f"{provider} refused access (403): {detail}", retries=retries)
+    if status == 404:
+        return ProviderRejected(
+            f"{provider} does not know model {model!r} (404): {detail}", retries=retries
+        )
+    if status in (400, 413, 422):
+        return ProviderRejected(
+            f"{provider} rejected the request ({status}): {detail}", retries=retries
+        )
+    if status == 429:
+        return ProviderUnavailable(f"{provider} is rate limiting us (429){after}", retries=retries)
+    if isinstance(status, int):
+        return ProviderUnavailable(
+            f"{provider} failed ({status}){after}: {detail}", retries=retries
+        )
+    name = type(exc).__name__
+    if _cut_off(exc):
+        return ProviderUnavailable(
+            f"{provider} cut the stream off mid-answer{after}", retries=retries
+        )
+    if "Timeout" in name:
+        return ProviderUnavailable(f"{provider} did not answer in time{after}", retries=retries)
+    if "Connection" in name:
+        return ProviderUnavailable(f"cannot reach {provider}{after}: {detail}", retries=retries)
+    if isinstance(exc, httpx2.TransportError | httpx2.StreamError):
+        return ProviderUnavailable(
+            f"{provider} cut the stream off mid-answer: {detail}", retries=retries
+        )
+    return ProviderUnavailable(
+        f"{provider} sent a response we could not read: {detail}", retries=retries
+    )
+
+
+def _cut_off(exc: BaseException | None) -> bool:
+    """A connection that dropped after the answer began (the SDKs may wrap it)."""
+    seen = 0
+    while exc is not None and seen < 5:
+        if isinstance(exc, httpx2.RemoteProtocolError | httpx2.ReadError | httpx2.StreamError):
+            return True
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return False
+
+
+def _detail(exc: Exception) -> str:
+    body = getattr(exc, "body", None)
+    if isinstance(body, dict):
+        error = body.get("error", body)
+        if isinstance(error, dict) and isinstance(error.get("message"), str):
+            return str(error["message"])
+    text = str(exc) or type(exc).__name__
+    return text if len(text) <= 300 else text[:300] + "…"

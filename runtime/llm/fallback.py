@@ -1,0 +1,49 @@
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import attrs
+
+from runtime.llm.base import ModelRequest, ModelResponse, OnText, Provider, ProviderUnavailable
+
+log = logging.getLogger("runtime.llm")
+
+
+class FallbackProvider:
+    """Tries each provider in order while the previous one is unavailable (after its retries).
+
+    A rejection (bad key, bad request) is not a reason to try the next: it is raised as is.
+    """
+
+    def __init__(self, providers: Sequence[Provider]) -> None:
+        if not providers:
+            raise ValueError("FallbackProvider needs at least one provider")
+        self._providers = list(providers)
+
+    @property
+    def name(self) -> str:
+        return " → ".join(provider.name for provider in self._providers)
+
+    async def complete(
+        self, request: ModelRequest, *, on_text: OnText | None = None
+    ) -> ModelResponse:
+        retries = 0
+        for index, provider in enumerate(self._providers):
+            try:
+                response = await provider.complete(request, on_text=on_text)
+            except ProviderUnavailable as exc:
+                retries += exc.retries
+                if index == len(self._providers) - 1:
+                    raise ProviderUnavailable(str(exc), retries=retries) from exc
+                following = self._providers[index + 1].name
+                log.warning(
+                    "%s unavailable (%s); falling back to %s", provider.name, exc, following
+                )
+                continue
+            return attrs.evolve(response, retries=response.retries + retries)
+        raise AssertionError("unreachable")
+
+    async def aclose(self) -> None:
+        for provider in self._providers:
+            await provider.aclose()

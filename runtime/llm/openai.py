@@ -1,0 +1,166 @@
+"""OpenAI Chat Completions on the official SDK (`AsyncOpenAI`), always streamed.
+
+Also serves any OpenAI-compatible server (Ollama, vLLM, llama.cpp, OpenRouter) through
+`OPENAI_BASE_URL`.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import attrs
+import openai
+
+from runtime.llm._sdk import TRANSPORT_ERRORS, counting_retries, event_hooks, translate
+from runtime.llm.base import (
+    AssistantTurn,
+    Message,
+    ModelRequest,
+    ModelResponse,
+    OnText,
+    ProviderUnavailable,
+    StopReason,
+    ToolCall,
+    ToolResults,
+    Usage,
+    UserText,
+)
+
+_STOP = {
+    "stop": StopReason.END_TURN,
+    "tool_calls": StopReason.TOOL_USE,
+    "function_call": StopReason.TOOL_USE,
+    "length": StopReason.MAX_TOKENS,
+}
+_REASONING_PREFIXES = ("o1", "o3", "o4", "gpt-5")
+
+
+class OpenAIProvider:
+    def __init__(
+        self,
+        model: str,
+        *,
+        api_key: str,
+        base_url: str | None = None,
+        timeout: float = 60.0,
+        max_retries: int = 3,
+    ) -> None:
+        self.model = model
+        self._client = openai.AsyncOpenAI(
+            api_key=api_key,
+            base_url=base_url,
+            timeout=timeout,
+            max_retries=max_retries,
+            http_client=openai.DefaultAsyncHttpxClient(event_hooks=event_hooks("OpenAI")),
+        )
+
+    @property
+    def name(self) -> str:
+        return f"openai:{self.model}"
+
+    async def complete(
+        self, request: ModelRequest, *, on_text: OnText | None = None
+    ) -> ModelResponse:
+        with counting_retries() as statistics:
+            try:
+                response = await self._stream(request, on_text)
+            except (openai.OpenAIError, *TRANSPORT_ERRORS) as exc:
+                raise translate(
+                    "OpenAI", exc, statistics, key_variable="OPENAI_API_KEY", model=self.model
+                ) from exc
+            return attrs.evolve(response, retries=statistics.retries)
+
+    async def _stream(self, request: ModelRequest, on_text: OnText | None) -> ModelResponse:
+        system = request.system + ("\n\n" + request.context if request.context else "")
+        messages: list[dict[str, Any]] = [{"role": "system", "content": system}]
+        for message in request.messages:
+            messages.extend(wire_messages(message))
+        limit = (
+            "max_completion_tokens" if self.model.startswith(_REASONING_PREFIXES) else "max_tokens"
+        )
+        arguments: dict[str, Any] = {
+            "model": self.model,
+            "messages": messages,
+            limit: request.max_tokens,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
+        if request.tools:
+            arguments["tools"] = [
+                {
+                    "type": "function",
+                    "function": {
+                        "name": t.name,
+                        "description": t.description,
+                        "parameters": dict(t.parameters),
+                    },
+                }
+                for t in request.tools
+            ]
+        text: list[str] = []
+        tools: dict[int, list[str]] = {}  # index → [id, name, argument fragments...]
+        usage, stop, finished = Usage(), StopReason.OTHER, False
+        stream = await self._client.chat.completions.create(**arguments)
+        async with stream:
+            async for chunk in stream:
+                if chunk.usage is not None:
+                    details = chunk.usage.prompt_tokens_details
+                    usage = Usage(
+                        input_tokens=chunk.usage.prompt_tokens or 0,
+                        output_tokens=chunk.usage.completion_tokens or 0,
+                        cache_read_tokens=(details.cached_tokens or 0) if details else 0,
+                    )
+                for choice in chunk.choices:
+                    delta = choice.delta
+                    if delta.content:
+                        text.append(delta.content)
+                        if on_text is not None:
+                            on_text(delta.content)
+                    for piece in delta.tool_calls or ():
+                        slot = tools.setdefault(piece.index, ["", ""])
+                        if piece.id:
+                            slot[0] = piece.id
+                        if piece.function and piece.function.name:
+                            slot[1] = piece.function.name
+                        if piece.function and piece.function.arguments:
+                            slot.append(piece.function.arguments)
+                    if choice.finish_reason:
+                        stop = _STOP.get(choice.finish_reason, StopReason.OTHER)
+                        finished = True
+        if not finished:
+            raise ProviderUnavailable("OpenAI's stream ended before the answer was complete")
+        calls = tuple(
+            ToolCall(slot[0] or f"call_{index}", slot[1], json.loads("".join(slot[2:]) or "{}"))
+            for index, slot in sorted(tools.items())
+        )
+        return ModelResponse("".join(text), calls, stop, usage, self.model)
+
+    async def aclose(self) -> None:
+        await self._client.close()
+
+
+def wire_messages(message: Message) -> list[dict[str, Any]]:
+    if isinstance(message, UserText):
+        return [{"role": "user", "content": message.text}]
+    if isinstance(message, AssistantTurn):
+        wire: dict[str, Any] = {"role": "assistant", "content": message.text or None}
+        if message.tool_calls:
+            wire["tool_calls"] = [
+                {
+                    "id": c.id,
+                    "type": "function",
+                    "function": {"name": c.name, "arguments": json.dumps(dict(c.arguments))},
+                }
+                for c in message.tool_calls
+            ]
+        return [wire]
+    assert isinstance(message, ToolResults)
+    return [
+        {
+            "role": "tool",
+            "tool_call_id": r.call_id,
+            "content": f"ERROR: {r.content}" if r.is_error else r.content,
+        }
+        for r in message.results
+    ]
