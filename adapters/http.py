@@ -1,0 +1,321 @@
+"""The HTTP channel: quart-trio served by hypercorn's trio worker.
+
+`POST /api/message` takes the seed's request verbatim
+(`{"message": "Hello!", "session_id": "test-123"}`) and answers
+`{"message": ..., "session_id": ..., "metadata": {...}}`. Every error is JSON a person can act
+on: `{"error": {"type": ..., "message": ...}}` with the matching status.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hmac
+import json
+import math
+import re
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from typing import Any
+
+import attrs
+import cattrs
+import trio
+from hypercorn.config import Config as HypercornConfig
+from hypercorn.trio import serve
+from quart import Response, request
+from quart_trio import QuartTrio
+from werkzeug.exceptions import HTTPException
+
+from adapters.base import (
+    Busy,
+    Deliver,
+    Inbound,
+    Progress,
+    Reply,
+    TextDelta,
+    ToolProgress,
+    Unavailable,
+)
+
+_SESSION_ID = re.compile(r"^[\w.:@-]{1,128}$")
+_ERROR_STATUS = {
+    "provider": 502,
+    "timeout": 504,
+    "tool_rounds": 422,
+    "crashed": 500,
+    "stopped": 503,
+    "internal": 500,
+}
+
+
+@attrs.frozen
+class HttpSettings:
+    api_token: str | None = attrs.field(default=None, repr=False)
+    max_body_bytes: int = 1 << 20
+    max_message_chars: int = 32_000
+    reply_timeout: float = 150.0
+
+
+@attrs.frozen
+class MessageRequest:
+    message: str
+    session_id: str | None = None
+    message_id: str | None = None
+    stream: bool = False
+
+
+class HttpResponder:
+    """Holds the reply for the request that waits on it."""
+
+    def __init__(self) -> None:
+        self._done = trio.Event()
+        self._reply: Reply | None = None
+
+    def reply(self, reply: Reply) -> None:
+        if self._reply is None:
+            self._reply = reply
+            self._done.set()
+
+    def progress(self, event: Progress) -> None:
+        pass
+
+    async def wait(self) -> Reply:
+        await self._done.wait()
+        assert self._reply is not None
+        return self._reply
+
+
+class StreamingResponder:
+    """Feeds a Server-Sent Events response: deltas and tool events, then the reply."""
+
+    def __init__(self) -> None:
+        # Unbounded: a turn's output is bounded by the model's max_tokens, and dropping a
+        # delta would corrupt the text the client assembles.
+        self._send, self._receive = trio.open_memory_channel[Progress | Reply](math.inf)
+
+    def reply(self, reply: Reply) -> None:
+        with contextlib.suppress(trio.ClosedResourceError, trio.BrokenResourceError):
+            self._send.send_nowait(reply)
+            self._send.close()
+
+    def progress(self, event: Progress) -> None:
+        with contextlib.suppress(trio.ClosedResourceError, trio.BrokenResourceError):
+            self._send.send_nowait(event)
+
+    async def events(self, reply_within: float) -> AsyncIterator[bytes]:
+        """The SSE byte stream: `delta`, `tool`, then `done` (or `error` if the turn failed)."""
+        async with self._receive:
+            with trio.move_on_after(reply_within):
+                async for item in self._receive:
+                    if isinstance(item, TextDelta):
+                        yield _sse("delta", {"text": item.text})
+                    elif isinstance(item, ToolProgress):
+                        yield _sse("tool", attrs.asdict(item))
+                    else:
+                        yield _sse("done" if item.error is None else "error", reply_body(item))
+                        return
+            yield _sse(
+                "error", {"error": {"type": "timeout", "message": f"no reply within {reply_within:g}s"}}
+            )
+
+
+def _sse(event: str, data: Mapping[str, Any]) -> bytes:
+    return f"event: {event}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n".encode()
+
+
+class ApiError(Exception):
+    def __init__(
+        self, status: int, kind: str, message: str, headers: Mapping[str, str] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status, self.kind, self.headers = status, kind, dict(headers or {})
+
+
+_converter = cattrs.Converter(forbid_extra_keys=False)
+
+
+def reply_body(reply: Reply) -> dict[str, Any]:
+    """The seed's reply shape: `{message, session_id, metadata}` (plus `error` on failure)."""
+    body: dict[str, Any] = {
+        "message": reply.message,
+        "session_id": reply.session_id,
+        "metadata": {
+            "memories_recalled": reply.memories_recalled,
+            "tools_used": reply.tools_used,
+            "states": list(reply.states),
+            "turn_id": reply.turn_id,
+            "model": reply.model,
+            "usage": dict(reply.usage),
+            "duration_ms": reply.duration_ms,
+            "replayed": reply.replayed,
+        },
+    }
+    if reply.error is not None:
+        body["error"] = {"type": reply.error.kind, "message": reply.error.message}
+    return body
+
+
+def reply_status(reply: Reply) -> int:
+    return 200 if reply.error is None else _ERROR_STATUS.get(reply.error.kind, 500)
+
+
+def create_app(
+    deliver: Deliver,
+    settings: HttpSettings,
+    *,
+    health: Callable[[], Awaitable[tuple[int, dict[str, Any]]]] | None = None,
+) -> QuartTrio:
+    app = QuartTrio("botcorebot")
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+
+    @app.errorhandler(ApiError)
+    async def api_error(error: ApiError) -> Response:
+        return _json(
+            {"error": {"type": error.kind, "message": str(error)}}, error.status, error.headers
+        )
+
+    @app.errorhandler(HTTPException)
+    async def http_error(error: HTTPException) -> Response:
+        status = error.code or 500
+        if status == 413:
+            message = f"request body is larger than {settings.max_body_bytes} bytes"
+        else:
+            message = error.description or error.name
+        return _json({"error": {"type": _slug(error.name), "message": message}}, status)
+
+    @app.before_request
+    async def authenticate() -> None:
+        if settings.api_token is None or request.path in ("/healthz", "/readyz"):
+            return
+        header = request.headers.get("Authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+            token.strip().encode(), settings.api_token.encode()
+        ):
+            raise ApiError(
+                401,
+                "unauthorized",
+                "this API needs 'Authorization: Bearer <token>' with the configured BOTCORE_API_TOKEN",
+                {"WWW-Authenticate": 'Bearer realm="botcorebot"'},
+            )
+
+    @app.get("/healthz")
+    async def healthz() -> Response:
+        return _json({"status": "ok"}, 200)
+
+    @app.get("/readyz")
+    async def readyz() -> Response:
+        if health is None:
+            return _json({"status": "ok"}, 200)
+        status, body = await health()
+        return _json(body, status)
+
+    @app.post("/api/message")
+    async def message() -> Response:
+        payload = await _read_message(settings)
+        session_id = payload.session_id or uuid.uuid4().hex
+        streaming = payload.stream or "text/event-stream" in request.headers.get("Accept", "")
+        responder = StreamingResponder() if streaming else HttpResponder()
+        inbound = Inbound(
+            channel="http",
+            session_id=session_id,
+            text=payload.message,
+            responder=responder,
+            message_id=request.headers.get("Idempotency-Key") or payload.message_id,
+            sender=request.remote_addr,
+        )
+        try:
+            await deliver(inbound)
+        except Busy as exc:
+            retry = str(max(1, round(exc.retry_after)))
+            raise ApiError(429, "busy", str(exc), {"Retry-After": retry}) from exc
+        except Unavailable as exc:
+            raise ApiError(503, "unavailable", str(exc), {"Retry-After": "5"}) from exc
+        if isinstance(responder, StreamingResponder):
+            return Response(
+                responder.events(settings.reply_timeout),
+                status=200,
+                content_type="text/event-stream",
+                headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+            )
+        with trio.move_on_after(settings.reply_timeout):
+            reply = await responder.wait()
+            return _json(reply_body(reply), reply_status(reply))
+        raise ApiError(
+            504,
+            "timeout",
+            f"no reply within {settings.reply_timeout:g}s; the message is kept and will be "
+            "answered, retry with the same Idempotency-Key to get the answer",
+        )
+
+    return app
+
+
+async def _read_message(settings: HttpSettings) -> MessageRequest:
+    if request.mimetype != "application/json":
+        raise ApiError(
+            415,
+            "unsupported_media_type",
+            f"send JSON with 'Content-Type: application/json' (got {request.mimetype or 'none'})",
+        )
+    raw = await request.get_data(as_text=False)
+    try:
+        data = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ApiError(400, "invalid_json", f"the body is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise ApiError(400, "invalid_request", "the body must be a JSON object with a 'message'")
+    try:
+        payload = _converter.structure(data, MessageRequest)
+    except cattrs.ClassValidationError as exc:
+        problems = "; ".join(cattrs.transform_error(exc, path="body"))
+        raise ApiError(400, "invalid_request", problems) from None
+    if not payload.message.strip():
+        raise ApiError(400, "invalid_request", "'message' must not be empty")
+    if len(payload.message) > settings.max_message_chars:
+        raise ApiError(
+            413,
+            "message_too_long",
+            f"'message' is {len(payload.message)} characters; the limit is {settings.max_message_chars}",
+        )
+    if payload.session_id is not None and not _SESSION_ID.match(payload.session_id):
+        raise ApiError(
+            400,
+            "invalid_request",
+            "'session_id' must be 1-128 letters, digits or '.:@_-'",
+        )
+    return payload
+
+
+def _json(
+    body: Mapping[str, Any], status: int, headers: Mapping[str, str] | None = None
+) -> Response:
+    return Response(
+        json.dumps(body, ensure_ascii=False),
+        status=status,
+        headers=dict(headers or {}),
+        content_type="application/json",
+    )
+
+
+def _slug(name: str) -> str:
+    return name.lower().replace(" ", "_")
+
+
+async def serve_http(
+    app: QuartTrio,
+    host: str,
+    port: int,
+    shutdown_trigger: Callable[[], Awaitable[None]],
+    *,
+    graceful_timeout: float = 5.0,
+    task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve `app` until `shutdown_trigger` returns; reports the bound addresses when ready."""
+    config = HypercornConfig()
+    config.bind = [f"{host}:{port}"]
+    config.graceful_timeout = graceful_timeout
+    config.accesslog = None
+    config.errorlog = "-"
+    config.loglevel = "WARNING"
+    await serve(app, config, shutdown_trigger=shutdown_trigger, task_status=task_status)

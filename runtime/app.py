@@ -1,0 +1,324 @@
+"""The one place that wires the bot together and starts its nursery."""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import attrs
+import trio
+
+from actors import ActorCrashed, ActorStopped, MailboxFull, Registry, RestartPolicy
+from adapters import Accepted, Busy, Inbound, Progress, Reply, ReplyError, Responder, Unavailable
+from adapters.http import HttpSettings, create_app, serve_http
+from runtime.botcore import Bot
+from runtime.config import Config
+from runtime.inbox import Inbox, InboxEntry
+from runtime.llm import Provider
+from runtime.llm.fallback import FallbackProvider
+from runtime.llm.select import choose_models, open_provider
+from runtime.session import Job, SessionActor, SessionServices, TurnLimits
+from runtime.tools import ToolExecutor, ToolRegistry, builtin_tools
+
+log = logging.getLogger("runtime")
+
+RecoveryResponders = Mapping[str, Callable[[InboxEntry], Responder]]
+
+
+class _Fanout:
+    """The responder of a job: the original requester plus anyone who repeated its key."""
+
+    def __init__(self, first: Responder, on_reply: Callable[[], None]) -> None:
+        self._responders = [first]
+        self._on_reply = on_reply
+
+    def add(self, responder: Responder) -> None:
+        self._responders.append(responder)
+
+    def reply(self, reply: Reply) -> None:
+        self._on_reply()
+        for responder in self._responders:
+            responder.reply(reply)
+
+    def progress(self, event: Progress) -> None:
+        for responder in self._responders:
+            responder.progress(event)
+
+
+class _Unattended:
+    """The responder of a message recovered after a restart on a channel that cannot be
+    reached later (HTTP): the reply is kept in the inbox for a retry with the same key."""
+
+    def __init__(self, entry: InboxEntry) -> None:
+        self._entry = entry
+
+    def reply(self, reply: Reply) -> None:
+        log.info("recovered message %d of %s answered", self._entry.id, self._entry.session_key)
+
+    def progress(self, event: Progress) -> None:
+        pass
+
+
+class Runtime:
+    """The bot alive: the durable inbox, one session actor per key, and `deliver`.
+
+    `run` recovers what a previous process accepted but did not answer, then takes messages
+    until `close`; it returns once the turns in flight have finished.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        bot: Bot,
+        provider: Provider,
+        *,
+        tools: ToolRegistry | None = None,
+        policy: RestartPolicy = RestartPolicy(),
+    ) -> None:
+        self.config = config
+        self.bot = bot
+        self.provider = provider
+        self.inbox = Inbox(bot.db)
+        tools = tools or ToolRegistry(builtin_tools())
+        self.services = SessionServices(
+            bot=bot,
+            provider=provider,
+            tools=tools,
+            executor=ToolExecutor(tools, timeout=config.tool_timeout_seconds),
+            inbox=self.inbox,
+            model_limiter=trio.CapacityLimiter(config.model_concurrency),
+            limits=TurnLimits(max_tool_rounds=config.max_tool_rounds),
+            turn_timeout=config.turn_timeout_seconds,
+        )
+        self.registry: Registry[str, Job] = Registry(
+            lambda key: SessionActor(key, self.services),
+            on_undelivered=self._undelivered,
+            policy=policy,
+            mailbox_capacity=config.mailbox_size,
+            idle_timeout=config.session_idle_seconds,
+        )
+        self._waiting: dict[int, _Fanout] = {}
+        self._dead_send, self._dead_receive = trio.open_memory_channel[tuple[int, Reply]](math.inf)
+        self._accepting = False
+        self._closing = False
+
+    @property
+    def accepting(self) -> bool:
+        return self._accepting
+
+    async def run(
+        self,
+        *,
+        responders: RecoveryResponders | None = None,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(self.registry.run)
+            nursery.start_soon(self._record_dead_letters)
+            recovered = await self._recover(responders or {})
+            if recovered:
+                log.info("recovered %d unanswered message(s) from the inbox", recovered)
+            self._accepting = not self._closing
+            task_status.started()
+
+    def close(self) -> None:
+        """Stop taking messages; queued ones stay in the inbox for the next start."""
+        self._accepting = False
+        self._closing = True
+        self.registry.close()
+        self._dead_send.close()
+
+    async def deliver(self, inbound: Inbound) -> Accepted:
+        """Accept a message durably, then hand it to its session; see `adapters.base`."""
+        if not self._accepting:
+            raise Unavailable(
+                "the bot is not taking messages right now (starting or shutting down)"
+            )
+        entry, new = await self.inbox.accept(inbound)
+        if not new:
+            return self._repeat(entry, inbound.responder)
+        try:
+            self._enqueue(entry.id, inbound)
+        except MailboxFull as exc:
+            await self.inbox.withdraw(entry.id)
+            raise Busy(
+                f"session {inbound.session_id!r} has {exc.capacity} messages waiting; retry shortly",
+                retry_after=1.0,
+            ) from exc
+        except ActorStopped as exc:
+            raise Unavailable(
+                "the bot is shutting down; the message was kept and will be answered after the restart"
+            ) from exc
+        return Accepted(entry.id)
+
+    def _enqueue(self, entry_id: int, inbound: Inbound) -> None:
+        fanout = _Fanout(inbound.responder, lambda: self._forget_waiting(entry_id))
+        self.registry.tell(
+            inbound.session_key, Job(attrs.evolve(inbound, responder=fanout), entry_id)
+        )
+        self._waiting[entry_id] = fanout
+
+    def _forget_waiting(self, entry_id: int) -> None:
+        self._waiting.pop(entry_id, None)
+
+    def _repeat(self, entry: InboxEntry, responder: Responder) -> Accepted:
+        """A message id seen before: answer from the inbox, or join the turn in progress."""
+        if entry.reply is not None:
+            replayed = attrs.evolve(entry.reply, replayed=True)
+            responder.reply(replayed)
+            return Accepted(entry.id, duplicate_of=replayed)
+        waiting = self._waiting.get(entry.id)
+        if waiting is None:
+            raise Busy("that message is still being handled; retry shortly", retry_after=1.0)
+        waiting.add(responder)
+        return Accepted(entry.id)
+
+    async def _recover(self, responders: RecoveryResponders) -> int:
+        entries = await self.inbox.unfinished()
+        for entry in entries:
+            make = responders.get(entry.channel, _Unattended)
+            inbound = Inbound(
+                entry.channel,
+                entry.session_id,
+                entry.text,
+                make(entry),
+                entry.message_id,
+                entry.sender,
+            )
+            while True:
+                try:
+                    self._enqueue(entry.id, inbound)
+                    break
+                except MailboxFull:
+                    await trio.sleep(0.05)
+        return len(entries)
+
+    def _undelivered(self, job: Job, error: ActorStopped) -> None:
+        if isinstance(error, ActorCrashed):
+            reply = Reply(
+                message=(
+                    "Sorry, something went wrong while handling this message, and it was set "
+                    "aside after several attempts. Your next message will be handled normally."
+                ),
+                session_id=job.inbound.session_id,
+                turn_id="",
+                error=ReplyError("crashed", str(error)),
+            )
+            job.inbound.responder.reply(reply)
+            self._dead_send.send_nowait((job.inbox_id, reply))
+            return
+        if not self._closing:
+            # Queued behind a message that crashed its actor: a fresh actor takes it.
+            try:
+                self.registry.tell(job.inbound.session_key, job)
+                return
+            except (MailboxFull, ActorStopped):
+                pass
+        job.inbound.responder.reply(
+            Reply(
+                message="The bot is restarting; this message was kept and will be answered after it.",
+                session_id=job.inbound.session_id,
+                turn_id="",
+                error=ReplyError("stopped", str(error)),
+            )
+        )
+
+    async def _record_dead_letters(self) -> None:
+        async with self._dead_receive:
+            async for entry_id, reply in self._dead_receive:
+                await self.inbox.dead(entry_id, reply)
+
+    async def health(self) -> tuple[int, dict[str, Any]]:
+        """Readiness: the database answers and the runtime is taking messages."""
+        try:
+            with trio.fail_after(2):
+                await self.bot.db.run(lambda db: db.execute("SELECT 1").fetchone())
+        except Exception as exc:
+            return 503, {"status": "unavailable", "database": f"error: {exc}"}
+        if not self._accepting:
+            return 503, {"status": "unavailable", "reason": "not taking messages"}
+        stats = self.registry.statistics()
+        return 200, {
+            "status": "ok",
+            "model": self.provider.name,
+            "sessions": stats.live,
+            "queued": stats.queued,
+        }
+
+
+def open_model(config: Config) -> Provider:
+    choices = choose_models(config)
+    providers = [open_provider(choice, config) for choice in choices]
+    return providers[0] if len(providers) == 1 else FallbackProvider(providers)
+
+
+async def serve(
+    config: Config,
+    shutdown: trio.Event,
+    *,
+    task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run the bot with its HTTP channel until `shutdown` is set, then drain and stop.
+
+    Shutdown: intake stops (HTTP answers 503), queued messages stay in the inbox, turns in
+    flight get `shutdown_grace_seconds` to finish, then the HTTP server stops.
+    """
+    bot = await Bot.open(config.workspace, config.db_path)
+    provider = open_model(config)
+    try:
+        runtime = Runtime(config, bot, provider)
+        app = create_app(
+            runtime.deliver,
+            HttpSettings(
+                api_token=config.botcore_api_token,
+                max_body_bytes=config.max_body_bytes,
+                max_message_chars=config.max_message_chars,
+                reply_timeout=config.turn_timeout_seconds + 30,
+            ),
+            health=runtime.health,
+        )
+        http_stopped = trio.Event()
+        async with trio.open_nursery() as nursery:
+            drained = trio.Event()
+
+            async def run_runtime(task_status: trio.TaskStatus[None]) -> None:
+                await runtime.run(task_status=task_status)
+                drained.set()
+
+            await nursery.start(run_runtime)
+            binds = await nursery.start(
+                serve_http, app, config.http_host, config.http_port, http_stopped.wait
+            )
+            if provider.name == "offline":
+                log.warning(
+                    "no API key configured: running on the embedded offline model "
+                    "(set ANTHROPIC_API_KEY or OPENAI_API_KEY for a real one)"
+                )
+            log.info(
+                "bot %r from %s on model %s, listening on %s",
+                (await bot.identity.load()).display_name,
+                bot.workspace,
+                provider.name,
+                ", ".join(binds),
+            )
+            task_status.started(binds)
+            await shutdown.wait()
+            log.info(
+                "shutting down: finishing turns in flight (up to %gs)",
+                config.shutdown_grace_seconds,
+            )
+            runtime.close()
+            with trio.move_on_after(config.shutdown_grace_seconds) as grace:
+                await drained.wait()
+            if grace.cancelled_caught:
+                log.warning(
+                    "turns still running after the grace period are cancelled; they stay in the inbox"
+                )
+            http_stopped.set()
+            nursery.cancel_scope.deadline = trio.current_time() + config.shutdown_grace_seconds
+    finally:
+        with trio.CancelScope(shield=True):
+            await provider.aclose()
+            await bot.aclose()

@@ -1,0 +1,183 @@
+"""`botcorebot`: serve a bot, chat with it in the terminal, or scaffold a new workspace."""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import trio
+
+from adapters import Inbound, Progress, Reply
+from runtime.app import Runtime, open_model, serve
+from runtime.botcore import Bot, BotCoreError
+from runtime.config import Config, ConfigError
+from runtime.llm import ProviderError
+from runtime.scaffold import scaffold
+
+log = logging.getLogger("runtime")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="botcorebot", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve_cmd = commands.add_parser("serve", help="run the bot with its HTTP API")
+    serve_cmd.add_argument("--workspace", type=Path, help="the bot's folder (BOTCORE_WORKSPACE)")
+    serve_cmd.add_argument("--port", type=int, help="HTTP port (HTTP_PORT, default 3000)")
+    chat_cmd = commands.add_parser("chat", help="talk to the bot in the terminal")
+    chat_cmd.add_argument("--workspace", type=Path, help="the bot's folder (BOTCORE_WORKSPACE)")
+    chat_cmd.add_argument("--session", default="terminal", help="session id (default: terminal)")
+    init_cmd = commands.add_parser("init", help="create a new bot workspace")
+    init_cmd.add_argument("directory", type=Path)
+    dead_cmd = commands.add_parser("deadletters", help="list messages set aside after crashes")
+    dead_cmd.add_argument("--workspace", type=Path)
+    dead_cmd.add_argument(
+        "--retry", type=int, metavar="ID", help="handle this one again at next start"
+    )
+    args = parser.parse_args(argv)
+
+    if args.command == "init":
+        try:
+            created = scaffold(args.directory)
+        except FileExistsError as exc:
+            print(f"botcorebot: {exc}", file=sys.stderr)
+            return 1
+        print(f"created a bot in {args.directory}: " + ", ".join(created))
+        print(f"start it with: botcorebot serve --workspace {args.directory}")
+        return 0
+
+    try:
+        config = Config.load(workspace=args.workspace)
+        if getattr(args, "port", None) is not None:
+            config = Config.load(
+                {**_environ(), "HTTP_PORT": str(args.port)}, workspace=args.workspace
+            )
+        _configure_logging(config.log_level)
+        if args.command == "serve":
+            trio.run(_serve, config)
+        elif args.command == "chat":
+            trio.run(_chat, config, args.session)
+        elif args.command == "deadletters":
+            trio.run(_deadletters, config, args.retry)
+    except (ConfigError, BotCoreError) as exc:
+        print(f"botcorebot: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            print(
+                "botcorebot: the HTTP port is in use; set HTTP_PORT to a free one", file=sys.stderr
+            )
+            return 2
+        raise
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def _environ() -> dict[str, str]:
+    import os
+
+    return dict(os.environ)
+
+
+def _configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    logging.getLogger("httpx2").setLevel(logging.WARNING)
+    logging.getLogger("hypercorn.error").setLevel(logging.WARNING)
+
+
+async def _serve(config: Config) -> None:
+    shutdown = trio.Event()
+    async with trio.open_nursery() as nursery:
+
+        async def watch_signals() -> None:
+            with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                async for signum in signals:
+                    log.info("received %s", signal.Signals(signum).name)
+                    shutdown.set()
+                    return
+
+        nursery.start_soon(watch_signals)
+        await serve(config, shutdown)
+        nursery.cancel_scope.cancel()
+
+
+class _TerminalResponder:
+    def __init__(self) -> None:
+        self.done = trio.Event()
+        self.streamed = False
+
+    def reply(self, reply: Reply) -> None:
+        if not self.streamed or reply.error is not None:
+            print(reply.message, flush=True)
+        else:
+            print(flush=True)
+        self.done.set()
+
+    def progress(self, event: Progress) -> None:
+        from adapters import TextDelta
+
+        if isinstance(event, TextDelta):
+            self.streamed = True
+            print(event.text, end="", flush=True)
+
+
+async def _chat(config: Config, session: str) -> None:
+    """A terminal conversation through the same session machinery as the HTTP channel."""
+    async with await Bot.open(config.workspace, config.db_path) as bot:
+        provider = open_model(config)
+        try:
+            runtime = Runtime(config, bot, provider)
+            identity = await bot.identity.load()
+            async with trio.open_nursery() as nursery:
+                await nursery.start(runtime.run)
+                print(f"{identity.display_name} on {provider.name}. Ctrl-D to leave.")
+                stdin = trio.wrap_file(sys.stdin)
+                while True:
+                    print("> ", end="", flush=True)
+                    line = await stdin.readline()
+                    if not line:
+                        break
+                    if not line.strip():
+                        continue
+                    responder = _TerminalResponder()
+                    try:
+                        await runtime.deliver(Inbound("cli", session, line.strip(), responder))
+                    except ProviderError as exc:
+                        print(f"error: {exc}")
+                        continue
+                    await responder.done.wait()
+                runtime.close()
+        finally:
+            await provider.aclose()
+
+
+async def _deadletters(config: Config, retry: int | None) -> None:
+    from runtime.inbox import Inbox
+
+    async with await Bot.open(config.workspace, config.db_path) as bot:
+        inbox = Inbox(bot.db)
+        if retry is not None:
+            if await inbox.retry(retry):
+                print(f"message {retry} will be handled again at the next start")
+            else:
+                print(f"no dead letter {retry}")
+            return
+        entries = await inbox.dead_letters()
+        if not entries:
+            print("no dead letters")
+        for entry in entries:
+            reason = entry.reply.error.message if entry.reply and entry.reply.error else ""
+            print(f"{entry.id}\t{entry.session_key}\t{entry.text[:60]!r}\t{reason}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
