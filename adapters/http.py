@@ -115,7 +115,8 @@ class StreamingResponder:
                         yield _sse("done" if item.error is None else "error", reply_body(item))
                         return
             yield _sse(
-                "error", {"error": {"type": "timeout", "message": f"no reply within {reply_within:g}s"}}
+                "error",
+                {"error": {"type": "timeout", "message": f"no reply within {reply_within:g}s"}},
             )
 
 
@@ -131,7 +132,22 @@ class ApiError(Exception):
         self.status, self.kind, self.headers = status, kind, dict(headers or {})
 
 
-_converter = cattrs.Converter(forbid_extra_keys=False)
+_converter = cattrs.Converter()
+
+
+def _exactly(kind: type) -> Callable[[object, type], object]:
+    """cattrs' default turns 42 into "42" and "no" into True; JSON input must not."""
+
+    def structure(value: object, _: type) -> object:
+        if type(value) is not kind:
+            raise TypeError(f"expected {kind.__name__}, got {type(value).__name__}")
+        return value
+
+    return structure
+
+
+_converter.register_structure_hook(str, _exactly(str))
+_converter.register_structure_hook(bool, _exactly(bool))
 
 
 def reply_body(reply: Reply) -> dict[str, Any]:
@@ -268,7 +284,11 @@ async def _read_message(settings: HttpSettings) -> MessageRequest:
     try:
         payload = _converter.structure(data, MessageRequest)
     except cattrs.ClassValidationError as exc:
-        problems = "; ".join(cattrs.transform_error(exc, path="body"))
+        # "required field missing @ $.message" → "'message': required field missing"
+        problems = "; ".join(
+            f"'{where}': {what}" if where else what
+            for what, _, where in (m.partition(" @ $.") for m in cattrs.transform_error(exc))
+        )
         raise ApiError(400, "invalid_request", problems) from None
     if not payload.message.strip():
         raise ApiError(400, "invalid_request", "'message' must not be empty")
@@ -308,10 +328,15 @@ async def serve_http(
     port: int,
     shutdown_trigger: Callable[[], Awaitable[None]],
     *,
-    graceful_timeout: float = 5.0,
+    graceful_timeout: float = 0.5,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve `app` until `shutdown_trigger` returns; reports the bound addresses when ready."""
+    """Serve `app` until `shutdown_trigger` returns; reports the bound addresses when ready.
+
+    `graceful_timeout` is short on purpose: the runtime drains its turns before it stops the
+    server, so what is left is writing finished responses. Hypercorn otherwise holds idle
+    keep-alive connections open for the whole graceful period.
+    """
     config = HypercornConfig()
     config.bind = [f"{host}:{port}"]
     config.graceful_timeout = graceful_timeout
