@@ -140,6 +140,7 @@ class Replied:
 @attrs.frozen
 class EffectFailed:
     error: ReplyError
+    retries: int = 0
 
 
 Event = (
@@ -196,7 +197,7 @@ def step(turn: Turn, event: Event, limits: TurnLimits) -> tuple[Turn, Effect | N
     """The turn's transition function: (turn, event) → (next turn, effect to perform)."""
     phase = turn.phase
     if isinstance(event, EffectFailed) and phase not in (Phase.DONE, Phase.FAILED):
-        failed = turn.to(Phase.FAILED, error=event.error)
+        failed = turn.to(Phase.FAILED, error=event.error, retries=turn.retries + event.retries)
         return failed, SendReply(failed.reply())
     match phase, event:
         case Phase.RECEIVED, Start():
@@ -352,7 +353,7 @@ class SessionActor:
                     async with services.model_limiter:
                         response = await services.provider.complete(request, on_text=on_text)
                 except ProviderError as exc:
-                    return EffectFailed(ReplyError("provider", str(exc)))
+                    return EffectFailed(ReplyError("provider", str(exc)), exc.retries)
                 return ModelAnswered(response)
             case RunTools(calls):
                 context = ToolContext(bot, self.session_key)
