@@ -1,5 +1,14 @@
 """Fake servers that speak real wire protocols on 127.0.0.1, for testing bots offline."""
 
+from runtime.testing.bot import (
+    CrashOn,
+    RunningBot,
+    copy_demo_bot,
+    local_config,
+    make_workspace,
+    open_runtime,
+    serve_bot,
+)
 from runtime.testing.fake_llm import (
     CutStream,
     Fail,
@@ -12,16 +21,25 @@ from runtime.testing.fake_llm import (
     open_fake_llm,
     serve_fake_llm,
 )
+from runtime.testing.waiting import wait_until
 
 __all__ = [
+    "CrashOn",
     "CutStream",
     "Fail",
     "FakeLLM",
     "Malformed",
     "RecordedRequest",
+    "RunningBot",
     "Slow",
     "Text",
     "ToolUse",
+    "copy_demo_bot",
+    "local_config",
+    "make_workspace",
     "open_fake_llm",
+    "open_runtime",
+    "serve_bot",
     "serve_fake_llm",
+    "wait_until",
 ]

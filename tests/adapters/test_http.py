@@ -1,0 +1,229 @@
+"""The HTTP channel against a real server on 127.0.0.1, driven by httpx2."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx2
+import pytest
+import trio
+
+from runtime.testing import FakeLLM, Slow, Text, local_config, serve_bot, wait_until
+
+SEED = {"message": "Hello!", "session_id": "test-123"}
+
+
+async def test_the_seed_request_gets_the_seed_reply_shape(
+    workspace: Path, client: httpx2.AsyncClient
+) -> None:
+    async with serve_bot(local_config(workspace)) as bot:
+        response = await client.post(f"{bot.url}/api/message", json=SEED)
+    assert response.status_code == 200
+    body = response.json()
+    assert body["session_id"] == "test-123"
+    assert "TestBot" in body["message"]
+    metadata = body["metadata"]
+    assert metadata["memories_recalled"] == 0 and metadata["tools_used"] == 0
+    assert metadata["states"] == [
+        "received",
+        "recalling",
+        "prompting",
+        "calling_model",
+        "storing",
+        "replying",
+    ]
+
+
+async def test_without_session_id_a_new_session_is_started_and_named(
+    workspace: Path, client: httpx2.AsyncClient
+) -> None:
+    async with serve_bot(local_config(workspace)) as bot:
+        first = (await client.post(f"{bot.url}/api/message", json={"message": "hi"})).json()
+        second = (await client.post(f"{bot.url}/api/message", json={"message": "hi"})).json()
+    assert first["session_id"] and second["session_id"]
+    assert first["session_id"] != second["session_id"]
+
+
+async def test_memories_cross_sessions_and_survive_a_restart(
+    workspace: Path, client: httpx2.AsyncClient
+) -> None:
+    config = local_config(workspace)
+    async with serve_bot(config) as bot:
+        stored = await client.post(
+            f"{bot.url}/api/message",
+            json={"message": "remember my cat is called Miso", "session_id": "a"},
+        )
+        assert stored.status_code == 200 and stored.json()["metadata"]["tools_used"] == 1
+        other = await client.post(
+            f"{bot.url}/api/message",
+            json={"message": "what do you remember about my cat", "session_id": "b"},
+        )
+        assert "Miso" in other.json()["message"]
+    async with serve_bot(config) as bot:
+        again = await client.post(
+            f"{bot.url}/api/message", json={"message": "what do you remember about my cat"}
+        )
+    assert "Miso" in again.json()["message"]
+    assert again.json()["metadata"]["memories_recalled"] == 1
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "status", "kind", "words"),
+    [
+        (
+            {"content": b"{not json", "headers": {"Content-Type": "application/json"}},
+            400,
+            "invalid_json",
+            "not valid JSON",
+        ),
+        (
+            {"json": {"session_id": "x"}},
+            400,
+            "invalid_request",
+            "'message': required field missing",
+        ),
+        ({"json": {"message": "   "}}, 400, "invalid_request", "must not be empty"),
+        ({"json": {"message": 42, "stream": "yes please"}}, 400, "invalid_request", "'stream'"),
+        ({"json": ["message"]}, 400, "invalid_request", "JSON object"),
+        (
+            {"json": {"message": "hi", "session_id": "../../x"}},
+            400,
+            "invalid_request",
+            "session_id",
+        ),
+        (
+            {"content": b"message=hi", "headers": {"Content-Type": "text/plain"}},
+            415,
+            "unsupported_media_type",
+            "application/json",
+        ),
+        ({"json": {"message": "x" * 2000}}, 413, "message_too_long", "limit is 1000"),
+        (
+            {"json": {"message": "x" * 5000}},
+            413,
+            "request_entity_too_large",
+            "larger than 4096 bytes",
+        ),
+    ],
+)
+async def test_bad_requests_get_an_error_a_person_can_act_on(
+    workspace: Path,
+    client: httpx2.AsyncClient,
+    kwargs: dict[str, object],
+    status: int,
+    kind: str,
+    words: str,
+) -> None:
+    config = local_config(workspace, max_body_bytes=4096, max_message_chars=1000)
+    async with serve_bot(config) as bot:
+        response = await client.post(f"{bot.url}/api/message", **kwargs)  # type: ignore[arg-type]
+    assert response.status_code == status
+    assert response.headers["content-type"] == "application/json"
+    error = response.json()["error"]
+    assert error["type"] == kind
+    assert words in error["message"]
+
+
+async def test_unknown_routes_and_methods_answer_json(
+    workspace: Path, client: httpx2.AsyncClient
+) -> None:
+    async with serve_bot(local_config(workspace)) as bot:
+        missing = await client.get(f"{bot.url}/nope")
+        wrong = await client.get(f"{bot.url}/api/message")
+    assert missing.status_code == 404 and "error" in missing.json()
+    assert wrong.status_code == 405 and "error" in wrong.json()
+
+
+async def test_a_configured_token_is_required(workspace: Path, client: httpx2.AsyncClient) -> None:
+    config = local_config(workspace, botcore_api_token="s3cret-token")
+    async with serve_bot(config) as bot:
+        url = f"{bot.url}/api/message"
+        missing = await client.post(url, json=SEED)
+        wrong = await client.post(url, json=SEED, headers={"Authorization": "Bearer nope"})
+        right = await client.post(url, json=SEED, headers={"Authorization": "Bearer s3cret-token"})
+        health = await client.get(f"{bot.url}/healthz")
+    assert missing.status_code == 401 and wrong.status_code == 401
+    assert "Bearer" in missing.json()["error"]["message"]
+    assert "s3cret-token" not in missing.text + wrong.text
+    assert right.status_code == 200
+    assert health.status_code == 200
+
+
+async def test_health_and_readiness(workspace: Path, client: httpx2.AsyncClient) -> None:
+    async with serve_bot(local_config(workspace)) as bot:
+        alive = await client.get(f"{bot.url}/healthz")
+        ready = await client.get(f"{bot.url}/readyz")
+    assert alive.json() == {"status": "ok"}
+    assert ready.status_code == 200 and ready.json()["model"] == "offline"
+
+
+async def test_a_full_mailbox_is_answered_429_with_retry_after(
+    workspace: Path, client: httpx2.AsyncClient, fake_llm: tuple[FakeLLM, str]
+) -> None:
+    fake, url = fake_llm
+    fake.script(Slow(1.0, Text("slow one")))
+    config = local_config(
+        workspace,
+        default_model="anthropic:fake",
+        anthropic_api_key="k",
+        anthropic_base_url=url,
+        mailbox_size=1,
+    )
+    async with serve_bot(config) as bot, trio.open_nursery() as nursery:
+        endpoint = f"{bot.url}/api/message"
+        answers: list[httpx2.Response] = []
+
+        async def send(text: str) -> None:
+            answers.append(await client.post(endpoint, json={"message": text, "session_id": "s"}))
+
+        nursery.start_soon(send, "first")
+        await wait_until(lambda: fake.requests)
+        nursery.start_soon(send, "second")
+        await trio.sleep(0.2)
+        refused = await client.post(endpoint, json={"message": "third", "session_id": "s"})
+        other = await client.post(endpoint, json={"message": "elsewhere", "session_id": "t"})
+    assert refused.status_code == 429
+    assert refused.headers["Retry-After"] == "1"
+    assert "retry" in refused.json()["error"]["message"]
+    assert other.json()["message"] == "ok: elsewhere"  # another session is not held up
+    assert sorted(a.json()["message"] for a in answers) == ["ok: second", "slow one"]
+
+
+async def test_a_repeated_idempotency_key_returns_the_stored_reply(
+    workspace: Path, client: httpx2.AsyncClient
+) -> None:
+    async with serve_bot(local_config(workspace)) as bot:
+        url = f"{bot.url}/api/message"
+        headers = {"Idempotency-Key": "k-1"}
+        body = {"message": "remember the door code is 4711", "session_id": "s"}
+        first = await client.post(url, json=body, headers=headers)
+        second = await client.post(url, json=body, headers=headers)
+        recall = await client.post(url, json={"message": "recall door code", "session_id": "s"})
+    assert first.json()["message"] == second.json()["message"]
+    assert first.json()["metadata"]["turn_id"] == second.json()["metadata"]["turn_id"]
+    assert second.json()["metadata"]["replayed"] is True
+    assert recall.json()["message"].count("4711") == 1  # stored once, not twice
+
+
+async def test_streaming_sends_deltas_and_tool_events_before_done(
+    workspace: Path, client: httpx2.AsyncClient
+) -> None:
+    async with serve_bot(local_config(workspace)) as bot:
+        await client.post(f"{bot.url}/api/message", json={"message": "remember Miso likes tuna"})
+        events: list[tuple[str, str]] = []
+        async with client.stream(
+            "POST",
+            f"{bot.url}/api/message",
+            json={"message": "what do you remember about Miso"},
+            headers={"Accept": "text/event-stream"},
+        ) as response:
+            assert response.headers["content-type"].startswith("text/event-stream")
+            async for line in response.aiter_lines():
+                if line.startswith("event: "):
+                    events.append((line[7:], ""))
+                elif line.startswith("data: "):
+                    events[-1] = (events[-1][0], line[6:])
+    kinds = [kind for kind, _ in events]
+    assert kinds[:2] == ["tool", "tool"]
+    assert kinds[-1] == "done" and kinds.count("delta") > 3
+    assert "Miso likes tuna" in events[-1][1]

@@ -1,0 +1,27 @@
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx2
+import pytest
+
+from runtime.testing import FakeLLM, make_workspace, open_fake_llm
+
+
+@pytest.fixture
+def workspace(tmp_path: Path) -> Path:
+    return make_workspace(tmp_path / "bot")
+
+
+@pytest.fixture
+async def fake_llm() -> AsyncIterator[tuple[FakeLLM, str]]:
+    fake = FakeLLM()
+    async with open_fake_llm(fake) as url:
+        yield fake, url
+
+
+@pytest.fixture
+async def client() -> AsyncIterator[httpx2.AsyncClient]:
+    async with httpx2.AsyncClient(timeout=30) as http:
+        yield http

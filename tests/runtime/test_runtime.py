@@ -1,0 +1,139 @@
+"""The runtime's promises, driven through `deliver` without a channel."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import trio
+
+from actors import RestartPolicy
+from adapters import Inbound, Reply, Unavailable
+from adapters.http import HttpResponder
+from runtime.botcore import Bot
+from runtime.inbox import Inbox
+from runtime.llm.offline import OfflineModel
+from runtime.testing import CrashOn, local_config, open_runtime, wait_until
+from runtime.testing.fake_llm import FakeLLM, Slow, Text
+
+QUICK = RestartPolicy(max_restarts=2, within=30, backoff_min=0.01, backoff_max=0.05)
+
+
+async def ask(
+    runtime: object, text: str, session: str = "s", message_id: str | None = None
+) -> Reply:
+    responder = HttpResponder()
+    await runtime.deliver(Inbound("test", session, text, responder, message_id))  # type: ignore[attr-defined]
+    with trio.fail_after(10):
+        return await responder.wait()
+
+
+async def test_a_failing_tool_is_reported_to_the_model_and_the_session_goes_on(
+    workspace: Path,
+) -> None:
+    async with open_runtime(local_config(workspace)) as runtime:
+        failed = await ask(runtime, "read does/not/exist.txt")
+        after = await ask(runtime, "remember the session still works")
+    assert failed.error is None
+    assert failed.message.startswith("The filesystem_read tool failed: no such file")
+    assert failed.tools_used == 1
+    assert after.message == "Got it, I'll remember that."
+
+
+async def test_a_crashing_turn_is_retried_by_a_restarted_actor(workspace: Path) -> None:
+    model = CrashOn(OfflineModel(), "flaky", times=1)
+    async with open_runtime(local_config(workspace), model, policy=QUICK) as runtime:
+        reply = await ask(runtime, "flaky hello")
+    assert reply.error is None and "TestBot" in reply.message
+    assert runtime.registry.statistics().restarts == 1
+
+
+async def test_a_poison_message_is_dead_lettered_and_the_session_answers_the_next(
+    workspace: Path,
+) -> None:
+    model = CrashOn(OfflineModel(), "poison")
+    async with open_runtime(local_config(workspace), model, policy=QUICK) as runtime:
+        poisoned = await ask(runtime, "poison pill", message_id="m1")
+        healthy = await ask(runtime, "hello again")
+        dead = await runtime.inbox.dead_letters()
+        repeat = await ask(runtime, "poison pill", message_id="m1")
+    assert model.crashes == 3  # the first attempt and two restarts
+    assert poisoned.error is not None and poisoned.error.kind == "crashed"
+    assert "set aside" in poisoned.message
+    assert healthy.error is None
+    assert [d.text for d in dead] == ["poison pill"]
+    assert repeat.replayed and repeat.error is not None  # not tried a fourth time
+    assert model.crashes == 3
+
+
+async def test_a_slow_model_fails_the_turn_with_a_timeout_reply(
+    workspace: Path, fake_llm: tuple[FakeLLM, str]
+) -> None:
+    fake, url = fake_llm
+    fake.script(Slow(5, Text("too late")))
+    config = local_config(
+        workspace,
+        default_model="anthropic:fake",
+        anthropic_api_key="k",
+        anthropic_base_url=url,
+        turn_timeout_seconds=0.5,
+    )
+    from runtime.app import open_model
+
+    async with open_runtime(config, open_model(config)) as runtime:
+        reply = await ask(runtime, "hello")
+        history = await runtime.bot.history.recent("test:s")
+    assert reply.error is not None and reply.error.kind == "timeout"
+    assert "longer than 0.5s" in reply.message
+    assert reply.states[-1] == "failed"
+    assert history == []
+
+
+async def test_unanswered_messages_are_handled_after_a_restart_exactly_once(
+    workspace: Path,
+) -> None:
+    config = local_config(workspace)
+    # A previous process accepted two messages and died before answering them.
+    async with await Bot.open(workspace) as bot:
+        inbox = Inbox(bot.db)
+        for n in (1, 2):
+            await inbox.accept(Inbound("test", "s", f"remember fact {n}", HttpResponder(), f"m{n}"))
+    async with open_runtime(config) as runtime:
+        # Per-session order: this is answered only after the two recovered messages.
+        await ask(runtime, "hello")
+        assert await runtime.inbox.unfinished() == []
+        replay = await ask(runtime, "remember fact 1", message_id="m1")
+        turns = await runtime.bot.history.turns("test:s")
+        recent = await runtime.bot.history.recent("test:s")
+    assert replay.replayed and replay.message == "Got it, I'll remember that."
+    assert turns == 3
+    assert [e.content for e in recent if e.role == "user"] == [
+        "remember fact 1",
+        "remember fact 2",
+        "hello",
+    ]
+
+
+async def test_closing_finishes_the_turn_in_flight_and_refuses_new_messages(
+    workspace: Path, fake_llm: tuple[FakeLLM, str]
+) -> None:
+    fake, url = fake_llm
+    fake.script(Slow(0.5, Text("finished in time")))
+    config = local_config(
+        workspace, default_model="anthropic:fake", anthropic_api_key="k", anthropic_base_url=url
+    )
+    from runtime.app import open_model
+
+    async with open_runtime(config, open_model(config)) as runtime:
+        in_flight, queued = HttpResponder(), HttpResponder()
+        await runtime.deliver(Inbound("test", "s", "first", in_flight))
+        await runtime.deliver(Inbound("test", "s", "second", queued))
+        await wait_until(lambda: fake.requests)
+        runtime.close()
+        with pytest.raises(Unavailable):
+            await runtime.deliver(Inbound("test", "s", "third", HttpResponder()))
+        first, second = await in_flight.wait(), await queued.wait()
+        left = await runtime.inbox.unfinished()
+    assert first.message == "finished in time"
+    assert second.error is not None and second.error.kind == "stopped"
+    assert [e.text for e in left] == ["second"]  # kept for the next start
