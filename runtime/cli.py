@@ -5,9 +5,10 @@ from __future__ import annotations
 import argparse
 import errno
 import logging
+import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import trio
@@ -51,11 +52,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
 
     try:
-        config = Config.load(workspace=args.workspace)
+        environ = dict(os.environ)
         if getattr(args, "port", None) is not None:
-            config = Config.load(
-                {**_environ(), "HTTP_PORT": str(args.port)}, workspace=args.workspace
-            )
+            environ["HTTP_PORT"] = str(args.port)
+        config = Config.load(environ, workspace=args.workspace)
         _configure_logging(config.log_level)
         if args.command == "serve":
             trio.run(_serve, config)
@@ -63,25 +63,37 @@ def main(argv: Sequence[str] | None = None) -> int:
             trio.run(_chat, config, args.session)
         elif args.command == "deadletters":
             trio.run(_deadletters, config, args.retry)
-    except (ConfigError, BotCoreError) as exc:
-        print(f"botcorebot: {exc}", file=sys.stderr)
-        return 2
-    except OSError as exc:
-        if exc.errno == errno.EADDRINUSE:
-            print(
-                "botcorebot: the HTTP port is in use; set HTTP_PORT to a free one", file=sys.stderr
-            )
-            return 2
+    except BaseException as exc:
+        leaves = list(_leaves(exc))
+        if all(isinstance(leaf, KeyboardInterrupt) for leaf in leaves):
+            return 0
+        for leaf in leaves:
+            problem = _explain(leaf)
+            if problem is not None:
+                print(f"botcorebot: {problem}", file=sys.stderr)
+                return 2
         raise
-    except KeyboardInterrupt:
-        pass
     return 0
 
 
-def _environ() -> dict[str, str]:
-    import os
+def _leaves(exc: BaseException) -> Iterator[BaseException]:
+    """The errors inside (nested) exception groups, as trio's nurseries raise them."""
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            yield from _leaves(inner)
+    else:
+        yield exc
 
-    return dict(os.environ)
+
+def _explain(exc: BaseException) -> str | None:
+    """One line for a start-up error a person can fix, or None for a bug (traceback)."""
+    if isinstance(exc, ConfigError | BotCoreError | ProviderError):
+        return str(exc)
+    if isinstance(exc, OSError) and exc.errno == errno.EADDRINUSE:
+        return "the HTTP port is already in use; set HTTP_PORT (or --port) to a free one"
+    if isinstance(exc, OSError) and exc.errno in (errno.EACCES, errno.EPERM):
+        return f"permission denied: {exc.filename or exc}"
+    return None
 
 
 def _configure_logging(level: str) -> None:

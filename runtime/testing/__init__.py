@@ -21,9 +21,13 @@ from runtime.testing.fake_llm import (
     open_fake_llm,
     serve_fake_llm,
 )
+from runtime.testing.process import BotProcess, bot_process, free_port
 from runtime.testing.waiting import wait_until
 
 __all__ = [
+    "BotProcess",
+    "bot_process",
+    "free_port",
     "CrashOn",
     "CutStream",
     "Fail",

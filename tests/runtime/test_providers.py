@@ -117,9 +117,12 @@ async def test_streaming_deltas_arrive_before_done(
     )
     kinds: list[str] = []
     done: dict[str, Any] = {}
-    async with serve_bot(setup.config) as bot, client.stream(
-        "POST", f"{bot.url}/api/message", json={"message": "remember Miso", "stream": True}
-    ) as response:
+    async with (
+        serve_bot(setup.config) as bot,
+        client.stream(
+            "POST", f"{bot.url}/api/message", json={"message": "remember Miso", "stream": True}
+        ) as response,
+    ):
         async for line in response.aiter_lines():
             if line.startswith("event: "):
                 kinds.append(line[7:])

@@ -1,0 +1,100 @@
+"""`botcorebot` as a user runs it: a real process, real signals."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx2
+import pytest
+import trio
+
+from runtime.testing import FakeLLM, Slow, Text, bot_process, wait_until
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "runtime", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+
+
+def test_init_scaffolds_a_workspace_and_refuses_to_overwrite(tmp_path: Path) -> None:
+    target = tmp_path / "my-bot"
+    created = run_cli("init", str(target))
+    assert created.returncode == 0, created.stderr
+    identity = (target / "IDENTITY.md").read_text()
+    assert "- **Name:** My Bot" in identity and "<!--" in identity
+    assert (target / "SOUL.md").exists() and (target / "USER.md").exists()
+    again = run_cli("init", str(target))
+    assert again.returncode == 1 and "nothing was changed" in again.stderr
+
+
+@pytest.mark.parametrize(
+    ("env", "words"),
+    [
+        ({"DEFAULT_MODEL": "llama3"}, "unknown model 'llama3'"),
+        ({"DEFAULT_MODEL": "gpt-4o"}, "needs OPENAI_API_KEY"),
+        ({"HTTP_PORT": "lots"}, "HTTP_PORT: invalid value"),
+        ({"BOTCORE_WORKSPACE": "/nonexistent/bot"}, "is not a folder"),
+    ],
+)
+def test_a_bad_configuration_stops_the_start_with_one_clear_line(
+    workspace: Path, env: dict[str, str], words: str
+) -> None:
+    import os
+
+    environ = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")}
+    environ |= {"BOTCORE_WORKSPACE": str(workspace), **env}
+    result = run_cli("serve", env=environ)
+    assert result.returncode == 2
+    assert words in result.stderr
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+async def test_a_port_in_use_is_named(workspace: Path) -> None:
+    async with bot_process(workspace) as first:
+        port = first.url.rsplit(":", 1)[1]
+        result = await trio.to_thread.run_sync(
+            lambda: run_cli("serve", "--workspace", str(workspace), "--port", port)
+        )
+    assert result.returncode == 2 and "port is already in use" in result.stderr
+
+
+async def test_sigterm_shuts_down_cleanly_and_says_it_runs_offline(workspace: Path) -> None:
+    async with bot_process(workspace) as bot:
+        async with httpx2.AsyncClient() as client:
+            reply = await client.post(f"{bot.url}/api/message", json={"message": "hi"})
+        assert reply.status_code == 200
+        bot.terminate()
+        assert await bot.wait() == 0
+    assert "offline model" in bot.log
+
+
+async def test_sigterm_drains_a_turn_in_flight_and_refuses_new_messages(
+    workspace: Path, fake_llm: tuple[FakeLLM, str]
+) -> None:
+    fake, url = fake_llm
+    fake.script(Slow(1.0, Text("finished before exit")))
+    env = {"DEFAULT_MODEL": "claude-x", "ANTHROPIC_API_KEY": "k", "ANTHROPIC_BASE_URL": url}
+    async with bot_process(workspace, env) as bot, httpx2.AsyncClient(timeout=30) as client:
+        answers: list[httpx2.Response] = []
+
+        async def ask() -> None:
+            answers.append(await client.post(f"{bot.url}/api/message", json={"message": "hi"}))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(ask)
+            await wait_until(lambda: fake.requests)
+            bot.terminate()
+            await trio.sleep(0.2)
+            refused = await client.post(f"{bot.url}/api/message", json={"message": "late"})
+        assert await bot.wait() == 0
+    assert answers[0].status_code == 200 and answers[0].json()["message"] == "finished before exit"
+    assert (
+        refused.status_code == 503 and "not taking messages" in refused.json()["error"]["message"]
+    )
