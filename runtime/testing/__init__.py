@@ -26,8 +26,6 @@ from runtime.testing.waiting import wait_until
 
 __all__ = [
     "BotProcess",
-    "bot_process",
-    "free_port",
     "CrashOn",
     "CutStream",
     "Fail",
@@ -38,7 +36,9 @@ __all__ = [
     "Slow",
     "Text",
     "ToolUse",
+    "bot_process",
     "copy_demo_bot",
+    "free_port",
     "local_config",
     "make_workspace",
     "open_fake_llm",
