@@ -36,6 +36,7 @@ from adapters.base import (
     ToolProgress,
     Unavailable,
 )
+from adapters.ratelimit import RateLimiter
 
 _SESSION_ID = re.compile(r"^[\w.:@-]{1,128}$")
 _ERROR_STATUS = {
@@ -54,6 +55,8 @@ class HttpSettings:
     max_body_bytes: int = 1 << 20
     max_message_chars: int = 32_000
     reply_timeout: float = 150.0
+    client_rate_per_minute: float = 0.0
+    """Per-client (remote address) limit when no API token is configured; 0 is off."""
 
 
 @attrs.frozen
@@ -180,8 +183,14 @@ def create_app(
     settings: HttpSettings,
     *,
     health: Callable[[], Awaitable[tuple[int, dict[str, Any]]]] | None = None,
+    metrics: Callable[[], str] | None = None,
 ) -> QuartTrio:
     app = QuartTrio("botcorebot")
+    clients = (
+        RateLimiter(settings.client_rate_per_minute)
+        if settings.client_rate_per_minute and settings.api_token is None
+        else None
+    )
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
 
     @app.errorhandler(ApiError)
@@ -226,8 +235,23 @@ def create_app(
         status, body = await health()
         return _json(body, status)
 
+    @app.get("/metrics")
+    async def prometheus() -> Response:
+        if metrics is None:
+            raise ApiError(404, "not_found", "metrics are not enabled")
+        return Response(metrics(), status=200, content_type="text/plain; version=0.0.4")
+
     @app.post("/api/message")
     async def message() -> Response:
+        if clients is not None:
+            wait = clients.acquire(request.remote_addr)
+            if wait:
+                raise ApiError(
+                    429,
+                    "rate_limited",
+                    "too many requests from this client; slow down or configure BOTCORE_API_TOKEN",
+                    {"Retry-After": str(max(1, math.ceil(wait)))},
+                )
         payload = await _read_message(settings)
         session_id = payload.session_id or uuid.uuid4().hex
         streaming = payload.stream or "text/event-stream" in request.headers.get("Accept", "")

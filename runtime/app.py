@@ -13,12 +13,14 @@ import trio
 from actors import ActorCrashed, ActorStopped, MailboxFull, Registry, RestartPolicy
 from adapters import Accepted, Busy, Inbound, Progress, Reply, ReplyError, Responder, Unavailable
 from adapters.http import HttpSettings, create_app, serve_http
+from adapters.ratelimit import RateLimiter
 from runtime.botcore import Bot
 from runtime.config import Config
 from runtime.inbox import Inbox, InboxEntry
 from runtime.llm import Provider
 from runtime.llm.fallback import FallbackProvider
 from runtime.llm.select import choose_models, open_provider
+from runtime.metrics import Metrics
 from runtime.session import Job, SessionActor, SessionServices, TurnLimits
 from runtime.tools import ToolExecutor, ToolRegistry, builtin_tools
 
@@ -81,6 +83,10 @@ class Runtime:
         self.bot = bot
         self.provider = provider
         self.inbox = Inbox(bot.db)
+        self.metrics = Metrics()
+        self._sessions = (
+            RateLimiter(config.session_rate_per_minute) if config.session_rate_per_minute else None
+        )
         tools = tools or ToolRegistry(builtin_tools())
         self.services = SessionServices(
             bot=bot,
@@ -89,6 +95,7 @@ class Runtime:
             executor=ToolExecutor(tools, timeout=config.tool_timeout_seconds),
             inbox=self.inbox,
             model_limiter=trio.CapacityLimiter(config.model_concurrency),
+            metrics=self.metrics,
             limits=TurnLimits(max_tool_rounds=config.max_tool_rounds),
             turn_timeout=config.turn_timeout_seconds,
         )
@@ -98,6 +105,25 @@ class Runtime:
             policy=policy,
             mailbox_capacity=config.mailbox_size,
             idle_timeout=config.session_idle_seconds,
+        )
+        statistics = self.registry.statistics
+        self.metrics.gauge(
+            "botcore_sessions_live", "Session actors alive.", lambda: statistics().live
+        )
+        self.metrics.gauge(
+            "botcore_mailbox_depth",
+            "Messages waiting in all mailboxes.",
+            lambda: statistics().queued,
+        )
+        self.metrics.gauge(
+            "botcore_actor_restarts",
+            "Session actors restarted after a crash, since start.",
+            lambda: statistics().restarts,
+        )
+        self.metrics.gauge(
+            "botcore_dead_letters",
+            "Messages dead-lettered since start.",
+            lambda: statistics().dead_letters,
         )
         self._waiting: dict[int, _Fanout] = {}
         self._dead_send, self._dead_receive = trio.open_memory_channel[tuple[int, Reply]](math.inf)
@@ -133,15 +159,22 @@ class Runtime:
     async def deliver(self, inbound: Inbound) -> Accepted:
         """Accept a message durably, then hand it to its session; see `adapters.base`."""
         if not self._accepting:
+            self.metrics.refused.inc(reason="unavailable")
             raise Unavailable(
                 "the bot is not taking messages right now (starting or shutting down)"
             )
+        if self._sessions is not None:
+            wait = self._sessions.acquire(inbound.session_key)
+            if wait:
+                self.metrics.refused.inc(reason="session_rate")
+                raise Busy(f"session {inbound.session_id!r} is sending too fast; slow down", wait)
         entry, new = await self.inbox.accept(inbound)
         if not new:
             return self._repeat(entry, inbound.responder)
         try:
             self._enqueue(entry.id, inbound)
         except MailboxFull as exc:
+            self.metrics.refused.inc(reason="mailbox_full")
             await self.inbox.withdraw(entry.id)
             raise Busy(
                 f"session {inbound.session_id!r} has {exc.capacity} messages waiting; retry shortly",
@@ -197,6 +230,7 @@ class Runtime:
 
     def _undelivered(self, job: Job, error: ActorStopped) -> None:
         if isinstance(error, ActorCrashed):
+            self.metrics.turns.inc(outcome="crashed")
             reply = Reply(
                 message=(
                     "Sorry, something went wrong while handling this message, and it was set "
@@ -276,8 +310,10 @@ async def serve(
                 max_body_bytes=config.max_body_bytes,
                 max_message_chars=config.max_message_chars,
                 reply_timeout=config.turn_timeout_seconds + 30,
+                client_rate_per_minute=config.client_rate_per_minute,
             ),
             health=runtime.health,
+            metrics=runtime.metrics.render,
         )
         http_stopped = trio.Event()
         async with trio.open_nursery() as nursery:

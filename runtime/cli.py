@@ -18,6 +18,7 @@ from runtime.app import Runtime, open_model, serve
 from runtime.botcore import Bot, BotCoreError
 from runtime.config import Config, ConfigError
 from runtime.llm import ProviderError
+from runtime.logs import configure_logging
 from runtime.scaffold import scaffold
 
 log = logging.getLogger("runtime")
@@ -56,7 +57,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if getattr(args, "port", None) is not None:
             environ["HTTP_PORT"] = str(args.port)
         config = Config.load(environ, workspace=args.workspace)
-        _configure_logging(config.log_level)
+        configure_logging(config.log_level, config.log_format, config.secrets)
         if args.command == "serve":
             trio.run(_serve, config)
         elif args.command == "chat":
@@ -94,16 +95,6 @@ def _explain(exc: BaseException) -> str | None:
     if isinstance(exc, OSError) and exc.errno in (errno.EACCES, errno.EPERM):
         return f"permission denied: {exc.filename or exc}"
     return None
-
-
-def _configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    logging.getLogger("httpx2").setLevel(logging.WARNING)
-    logging.getLogger("hypercorn.error").setLevel(logging.WARNING)
 
 
 async def _serve(config: Config) -> None:

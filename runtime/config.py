@@ -42,6 +42,11 @@ class Config:
     )
     botcore_api_token: str | None = attrs.field(default=None, repr=False)
     log_level: str = "info"
+    log_format: str = attrs.field(
+        default="plain", validator=attrs.validators.in_(("plain", "json"))
+    )
+    client_rate_per_minute: float = attrs.field(default=600.0, validator=attrs.validators.ge(0))
+    session_rate_per_minute: float = attrs.field(default=0.0, validator=attrs.validators.ge(0))
     max_body_bytes: int = attrs.field(default=1 << 20, validator=_positive)
     max_message_chars: int = attrs.field(default=32_000, validator=_positive)
     mailbox_size: int = attrs.field(default=64, validator=_positive)
@@ -53,6 +58,15 @@ class Config:
     turn_timeout_seconds: float = attrs.field(default=120.0, validator=_positive)
     tool_timeout_seconds: float = attrs.field(default=30.0, validator=_positive)
     shutdown_grace_seconds: float = attrs.field(default=10.0, validator=_positive)
+
+    @property
+    def secrets(self) -> tuple[str | None, ...]:
+        return (
+            self.anthropic_api_key,
+            self.openai_api_key,
+            self.telegram_bot_token,
+            self.botcore_api_token,
+        )
 
     @property
     def db_path(self) -> Path:

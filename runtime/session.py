@@ -32,6 +32,7 @@ from runtime.llm import (
     ToolResults,
     Usage,
 )
+from runtime.metrics import Metrics
 from runtime.prompt import build_request
 from runtime.tools import ToolContext, ToolExecutor, ToolRegistry
 
@@ -279,6 +280,7 @@ class SessionServices:
     executor: ToolExecutor
     inbox: Inbox
     model_limiter: trio.CapacityLimiter
+    metrics: Metrics = attrs.field(factory=Metrics)
     limits: TurnLimits = TurnLimits()
     turn_timeout: float = 120.0
 
@@ -308,6 +310,7 @@ class SessionActor:
                 turn, effect = step(turn, event, services.limits)
                 entered = self._transition(turn, entered)
                 if effect is None:
+                    self._finished(turn, started)
                     return
                 # Storing and replying are short writes that must not be cut in half.
                 with trio.CancelScope(shield=isinstance(effect, Store | SendReply)):
@@ -319,19 +322,50 @@ class SessionActor:
             self._transition(turn, entered)
             assert effect is not None
             await self._perform(effect, turn, job, started)
+            self._finished(turn, started)
 
     def _transition(self, turn: Turn, entered: float) -> float:
         now = trio.current_time()
-        previous = turn.visited[-2].value if len(turn.visited) > 1 else "-"
-        log.debug(
-            "session=%s turn=%s %s -> %s after %.1fms",
+        if log.isEnabledFor(logging.DEBUG):
+            previous = turn.visited[-2].value if len(turn.visited) > 1 else "-"
+            duration = round((now - entered) * 1000, 2)
+            log.debug(
+                "session=%s turn=%s %s -> %s after %.1fms",
+                self.session_key,
+                turn.turn_id,
+                previous,
+                turn.phase.value,
+                duration,
+                extra={
+                    "session": self.session_key,
+                    "turn": turn.turn_id,
+                    "state": previous,
+                    "next_state": turn.phase.value,
+                    "duration_ms": duration,
+                },
+            )
+        return now
+
+    def _finished(self, turn: Turn, started: float) -> None:
+        seconds = trio.current_time() - started
+        outcome = "ok" if turn.error is None else turn.error.kind
+        self._services.metrics.turns.inc(outcome=outcome)
+        self._services.metrics.turn_latency.observe(seconds)
+        log.info(
+            "session=%s turn=%s %s in %.1fms (%d tool calls)",
             self.session_key,
             turn.turn_id,
-            previous,
-            turn.phase.value,
-            (now - entered) * 1000,
+            outcome,
+            seconds * 1000,
+            turn.tools_used,
+            extra={
+                "session": self.session_key,
+                "turn": turn.turn_id,
+                "state": turn.phase.value,
+                "outcome": outcome,
+                "duration_ms": round(seconds * 1000, 2),
+            },
         )
-        return now
 
     async def _perform(self, effect: Effect, turn: Turn, job: Job, started: float) -> Event:
         services, inbound = self._services, job.inbound
@@ -349,11 +383,20 @@ class SessionActor:
                 return PromptBuilt(request)
             case CallModel(request):
                 on_text = lambda text: inbound.responder.progress(TextDelta(text))  # noqa: E731
+                metrics = services.metrics
                 try:
                     async with services.model_limiter:
-                        response = await services.provider.complete(request, on_text=on_text)
+                        called = trio.current_time()
+                        try:
+                            response = await services.provider.complete(request, on_text=on_text)
+                        finally:
+                            metrics.model_latency.observe(trio.current_time() - called)
                 except ProviderError as exc:
+                    metrics.model_retries.inc(exc.retries)
                     return EffectFailed(ReplyError("provider", str(exc)), exc.retries)
+                metrics.model_retries.inc(response.retries)
+                for kind, count in response.usage.as_dict().items():
+                    metrics.tokens.inc(count, kind=kind.removesuffix("_tokens"))
                 return ModelAnswered(response)
             case RunTools(calls):
                 context = ToolContext(bot, self.session_key)
