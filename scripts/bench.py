@@ -1,0 +1,353 @@
+#!/usr/bin/env python3
+"""Benchmark the runtime as a user runs it: the fake model server and `botcorebot serve` as
+separate processes on 127.0.0.1, driven over HTTP with httpx2. Every loop is bounded.
+
+    .venv/bin/python scripts/bench.py load --sessions 100 --messages 20 --delay-ms 0
+    .venv/bin/python scripts/bench.py load --sessions 1000 --messages 3 --delay-ms 200
+    .venv/bin/python scripts/bench.py coldstart
+    .venv/bin/python scripts/bench.py idle --sessions 10000
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import socket
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx2
+import trio
+
+ROOT = Path(__file__).resolve().parents[1]
+DEMO = ROOT / "examples" / "demo-bot"
+TOKEN = "bench-token"
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def rss_kib(pid: int, field: str = "VmRSS") -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    return 0
+
+
+def wait_port(port: int, within: float = 30.0) -> None:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.02)
+    raise RuntimeError(f"nothing listens on port {port} after {within}s")
+
+
+@contextmanager
+def fake_model(delay_ms: float) -> Iterator[str]:
+    port = free_port()
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "runtime.testing.fake_llm",
+            "--port",
+            str(port),
+            "--delay-ms",
+            str(delay_ms),
+        ],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+    )
+    try:
+        wait_port(port)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+@contextmanager
+def runtime(
+    model_url: str | None, **env: str
+) -> Iterator[tuple[subprocess.Popen[bytes], str, Path]]:
+    """`botcorebot serve` on a copy of the demo bot; yields (process, url, workspace)."""
+    workspace = Path(tempfile.mkdtemp(prefix="botcore-bench-")) / "bot"
+    shutil.copytree(DEMO, workspace)
+    port = free_port()
+    environ = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")}
+    environ |= {
+        "BOTCORE_WORKSPACE": str(workspace),
+        "HTTP_PORT": str(port),
+        "BOTCORE_API_TOKEN": TOKEN,
+        "LOG_LEVEL": "warning",
+        "MAILBOX_SIZE": "1024",
+        "MODEL_CONCURRENCY": "2048",
+    }
+    if model_url:
+        environ |= {
+            "DEFAULT_MODEL": "claude-bench",
+            "ANTHROPIC_API_KEY": "dummy",
+            "ANTHROPIC_BASE_URL": model_url,
+        }
+    environ |= env
+    process = subprocess.Popen([sys.executable, "-m", "runtime", "serve"], cwd=ROOT, env=environ)
+    try:
+        wait_port(port)
+        yield process, f"http://127.0.0.1:{port}", workspace
+    finally:
+        process.terminate()
+        process.wait(30)
+        shutil.rmtree(workspace.parent, ignore_errors=True)
+
+
+def percentile(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
+
+
+async def drive(
+    url: str,
+    sessions: int,
+    messages: int,
+    latencies: list[float],
+    errors: list[str],
+    prefix: str = "bench",
+) -> None:
+    """`sessions` concurrent sessions, each sending `messages` messages one after another."""
+    limits = httpx2.Limits(max_connections=sessions, max_keepalive_connections=sessions)
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    async with httpx2.AsyncClient(limits=limits, timeout=120, headers=headers) as client:
+
+        async def session(n: int) -> None:
+            for m in range(messages):
+                text = f"s{n} m{m}"
+                started = time.perf_counter()
+                try:
+                    response = await client.post(
+                        f"{url}/api/message", json={"message": text, "session_id": f"{prefix}-{n}"}
+                    )
+                except httpx2.HTTPError as exc:
+                    errors.append(f"{type(exc).__name__}: {exc}")
+                    continue
+                latencies.append(time.perf_counter() - started)
+                if response.status_code != 200:
+                    errors.append(f"HTTP {response.status_code}: {response.text[:100]}")
+                elif response.json()["message"] != f"ok: {text}":
+                    errors.append(f"wrong answer for {text!r}: {response.json()['message'][:60]!r}")
+
+        async with trio.open_nursery() as nursery:
+            for n in range(sessions):
+                nursery.start_soon(session, n)
+
+
+def order_violations(workspace: Path, sessions: int, messages: int) -> int:
+    """Sessions whose stored history is not in the order their messages were sent."""
+    db = sqlite3.connect(workspace / "engram.db")
+    bad = 0
+    for n in range(sessions):
+        sent = [f"s{n} m{m}" for m in range(messages)]
+        stored = [
+            row[0]
+            for row in db.execute(
+                "SELECT content FROM history WHERE session_key = ? AND role = 'user' ORDER BY id",
+                (f"http:bench-{n}",),
+            )
+        ]
+        bad += stored != sent
+    db.close()
+    return bad
+
+
+def load(args: argparse.Namespace) -> None:
+    with fake_model(args.delay_ms) as model_url, runtime(model_url) as (process, url, workspace):
+        # Warm up: imports, first connections, SQLite pages.
+        trio.run(drive, url, 4, 2, [], [], "warmup")
+        latencies: list[float] = []
+        errors: list[str] = []
+        peak_before = rss_kib(process.pid, "VmHWM")
+        started = time.perf_counter()
+        trio.run(drive, url, args.sessions, args.messages, latencies, errors)
+        elapsed = time.perf_counter() - started
+        peak = rss_kib(process.pid, "VmHWM")
+        violations = order_violations(workspace, args.sessions, args.messages)
+    total = args.sessions * args.messages
+    delay = args.delay_ms / 1000
+    overhead = [max(0.0, latency - delay) for latency in latencies]
+    ms = lambda seconds: f"{seconds * 1000:.1f} ms"  # noqa: E731
+    rows = [
+        ("sessions x messages", f"{args.sessions} x {args.messages} = {total}"),
+        ("fake model delay", f"{args.delay_ms:g} ms"),
+        ("messages/s", f"{total / elapsed:.0f}"),
+        (
+            "latency p50 / p95 / p99",
+            f"{ms(percentile(latencies, 50))} / {ms(percentile(latencies, 95))} / {ms(percentile(latencies, 99))}",
+        ),
+        (
+            "overhead p50 / p95 / p99",
+            f"{ms(percentile(overhead, 50))} / {ms(percentile(overhead, 95))} / {ms(percentile(overhead, 99))}",
+        ),
+        ("errors", str(len(errors))),
+        ("order violations", str(violations)),
+        ("runtime peak RSS", f"{peak / 1024:.0f} MiB (after warm-up {peak_before / 1024:.0f} MiB)"),
+    ]
+    table(
+        f"load: {args.sessions} sessions x {args.messages} messages, model delay {args.delay_ms:g} ms",
+        rows,
+    )
+    for error in errors[:5]:
+        print("  error:", error)
+
+
+def coldstart(args: argparse.Namespace) -> None:
+    results: dict[str, list[float]] = {"offline": [], "anthropic (fake)": []}
+    with fake_model(0) as model_url:
+        for _ in range(args.runs):
+            for name, url in (("offline", None), ("anthropic (fake)", model_url)):
+                results[name].append(_first_200(url))
+    table(
+        f"cold start: process start to the first 200 on /api/message (median of {args.runs})",
+        [
+            (
+                name,
+                f"{statistics.median(times) * 1000:.0f} ms (min {min(times) * 1000:.0f}, max {max(times) * 1000:.0f})",
+            )
+            for name, times in results.items()
+        ],
+    )
+
+
+def _first_200(model_url: str | None) -> float:
+    workspace = Path(tempfile.mkdtemp(prefix="botcore-cold-")) / "bot"
+    shutil.copytree(DEMO, workspace)
+    port = free_port()
+    environ = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")}
+    environ |= {"BOTCORE_WORKSPACE": str(workspace), "HTTP_PORT": str(port), "LOG_LEVEL": "warning"}
+    if model_url:
+        environ |= {
+            "DEFAULT_MODEL": "claude-bench",
+            "ANTHROPIC_API_KEY": "dummy",
+            "ANTHROPIC_BASE_URL": model_url,
+        }
+    started = time.perf_counter()
+    process = subprocess.Popen([sys.executable, "-m", "runtime", "serve"], cwd=ROOT, env=environ)
+    try:
+        with httpx2.Client(timeout=5) as client:
+            while time.perf_counter() - started < 30:
+                try:
+                    if (
+                        client.post(
+                            f"http://127.0.0.1:{port}/api/message", json={"message": "hi"}
+                        ).status_code
+                        == 200
+                    ):
+                        return time.perf_counter() - started
+                except httpx2.TransportError:
+                    time.sleep(0.005)
+        raise RuntimeError("no 200 within 30 s")
+    finally:
+        process.terminate()
+        process.wait(30)
+        shutil.rmtree(workspace.parent, ignore_errors=True)
+
+
+def idle(args: argparse.Namespace) -> None:
+    idle_seconds = 10
+    with runtime(None, SESSION_IDLE_SECONDS=str(idle_seconds)) as (process, url, _):
+        trio.run(drive, url, 4, 1, [], [], "warmup")
+        baseline = rss_kib(process.pid)
+        errors: list[str] = []
+        started = time.perf_counter()
+        trio.run(_one_each, url, args.sessions, errors)
+        filled = time.perf_counter() - started
+        live = rss_kib(process.pid)
+        metrics = _sessions_live(url)
+        time.sleep(idle_seconds + 3)
+        after = rss_kib(process.pid)
+        passivated = _sessions_live(url)
+    per_session = (live - baseline) * 1024 / max(1, args.sessions)
+    table(
+        f"idle sessions: {args.sessions} sessions wrote once each (offline model)",
+        [
+            ("RSS after warm-up (idle runtime)", f"{baseline / 1024:.1f} MiB"),
+            (
+                f"RSS with {metrics} live sessions",
+                f"{live / 1024:.1f} MiB ({per_session / 1024:.1f} KiB per session)",
+            ),
+            (f"RSS after passivation ({passivated} live)", f"{after / 1024:.1f} MiB"),
+            ("time to create them", f"{filled:.1f} s"),
+            ("errors", str(len(errors))),
+        ],
+    )
+
+
+async def _one_each(url: str, sessions: int, errors: list[str]) -> None:
+    limits = httpx2.Limits(max_connections=100)
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    async with httpx2.AsyncClient(limits=limits, timeout=60, headers=headers) as client:
+        gate = trio.Semaphore(100)
+
+        async def one(n: int) -> None:
+            async with gate:
+                response = await client.post(
+                    f"{url}/api/message", json={"message": "hi", "session_id": f"idle-{n}"}
+                )
+                if response.status_code != 200:
+                    errors.append(str(response.status_code))
+
+        async with trio.open_nursery() as nursery:
+            for n in range(sessions):
+                nursery.start_soon(one, n)
+
+
+def _sessions_live(url: str) -> int:
+    text = httpx2.get(f"{url}/metrics", headers={"Authorization": f"Bearer {TOKEN}"}).text
+    line = next(line for line in text.splitlines() if line.startswith("botcore_sessions_live "))
+    return int(float(line.split()[1]))
+
+
+def table(title: str, rows: list[tuple[str, str]]) -> None:
+    width = max(len(name) for name, _ in rows)
+    print(f"\n{title}")
+    print("-" * len(title))
+    for name, value in rows:
+        print(f"{name:<{width}}  {value}")
+    sys.stdout.flush()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    load_cmd = commands.add_parser("load", help="N concurrent sessions x M messages over HTTP")
+    load_cmd.add_argument("--sessions", type=int, default=100)
+    load_cmd.add_argument("--messages", type=int, default=20)
+    load_cmd.add_argument("--delay-ms", type=float, default=0.0)
+    cold_cmd = commands.add_parser("coldstart", help="process start to the first 200")
+    cold_cmd.add_argument("--runs", type=int, default=5)
+    idle_cmd = commands.add_parser(
+        "idle", help="RSS with many idle sessions, and after passivation"
+    )
+    idle_cmd.add_argument("--sessions", type=int, default=10_000)
+    args = parser.parse_args()
+    {"load": load, "coldstart": coldstart, "idle": idle}[args.command](args)
+
+
+if __name__ == "__main__":
+    main()
