@@ -48,17 +48,24 @@ class Identity:
 class IdentityFiles:
     """The identity files of a workspace, re-read when they change on disk.
 
-    `load` costs three `stat` calls when nothing changed, so it is called on every turn and an
-    edit to SOUL.md shows in the next answer without a restart.
+    `load` is called on every turn; it looks at the files (three `stat` calls in a worker
+    thread) at most every `recheck` seconds, so an edit to SOUL.md shows within a second,
+    without a restart, and a busy bot does not pay a thread hop per message for it.
     """
 
-    def __init__(self, workspace: Path) -> None:
+    def __init__(self, workspace: Path, *, recheck: float = 1.0) -> None:
         self._workspace = workspace
+        self._recheck = recheck
+        self._checked: float | None = None
         self._stamp: tuple[tuple[int, int] | None, ...] | None = None
         self._current = Identity()
 
     async def load(self) -> Identity:
-        return await trio.to_thread.run_sync(self._load)
+        now = trio.current_time()
+        if self._checked is None or now - self._checked >= self._recheck:
+            self._current = await trio.to_thread.run_sync(self._load)
+            self._checked = now
+        return self._current
 
     def _load(self) -> Identity:
         stamp = tuple(_stamp(self._workspace / name) for name in _FILES)

@@ -33,6 +33,7 @@ async def test_identity_edits_are_picked_up_without_reopening(bot: Bot) -> None:
     await bot.identity.load()
     (bot.workspace / "SOUL.md").write_text("Be brief.")
     (bot.workspace / "IDENTITY.md").write_text("- **Name:** Renamed\n")
+    await trio.sleep(1.0)  # files are looked at again at most once a second
     identity = await bot.identity.load()
     assert identity.name == "Renamed" and identity.soul == "Be brief."
 
