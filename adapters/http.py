@@ -364,6 +364,9 @@ async def serve_http(
     config = HypercornConfig()
     config.bind = [f"{host}:{port}"]
     config.graceful_timeout = graceful_timeout
+    # Hypercorn's default listen backlog (100) resets connections when a burst of clients
+    # connects at once (seen at 1,000 concurrent sessions); the kernel caps it at somaxconn.
+    config.backlog = 4096
     config.accesslog = None
     config.errorlog = "-"
     config.loglevel = "WARNING"

@@ -10,6 +10,7 @@ from typing import Any
 import attrs
 import httpx2
 import pytest
+import trio
 
 from runtime.config import Config
 from runtime.testing import (
@@ -19,8 +20,10 @@ from runtime.testing import (
     RecordedRequest,
     Text,
     ToolUse,
+    free_port,
     local_config,
     serve_bot,
+    serve_fake_llm,
 )
 
 PROVIDERS = ["anthropic", "openai"]
@@ -265,3 +268,26 @@ async def test_the_stable_prompt_is_marked_for_anthropic_prompt_caching(
     assert system[0]["cache_control"] == {"type": "ephemeral"} and "TestBot" in system[0]["text"]
     assert "cache_control" not in system[1] and "What you remember" in system[1]["text"]
     assert response.json()["metadata"]["usage"]["cache_read_tokens"] > 0
+
+
+async def test_a_provider_that_goes_down_gives_clear_errors_and_recovers_when_back(
+    workspace: Path, client: httpx2.AsyncClient
+) -> None:
+    port = free_port()
+    config = local_config(
+        workspace,
+        default_model="claude-x",
+        anthropic_api_key="k",
+        anthropic_base_url=f"http://127.0.0.1:{port}",
+        model_max_retries=1,
+    )
+    async with serve_bot(config) as bot:
+        down = await say(client, bot.url, "anyone there?")
+        fake = FakeLLM()
+        async with trio.open_nursery() as nursery:
+            await nursery.start(serve_fake_llm, fake, "127.0.0.1", port)
+            back = await say(client, bot.url, "and now?")
+            nursery.cancel_scope.cancel()
+    assert down.status_code == 502
+    assert "cannot reach Anthropic after 1 retry" in down.json()["error"]["message"]
+    assert back.status_code == 200 and back.json()["message"] == "ok: and now?"
