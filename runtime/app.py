@@ -140,14 +140,18 @@ class Runtime:
         responders: RecoveryResponders | None = None,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        async with trio.open_nursery() as nursery:
-            await nursery.start(self.registry.run)
-            nursery.start_soon(self._record_dead_letters)
-            recovered = await self._recover(responders or {})
-            if recovered:
-                log.info("recovered %d unanswered message(s) from the inbox", recovered)
-            self._accepting = not self._closing
-            task_status.started()
+        async with trio.open_nursery() as database:
+            await database.start(self.bot.db.serve_batches)
+            async with trio.open_nursery() as nursery:
+                await nursery.start(self.registry.run)
+                nursery.start_soon(self._record_dead_letters)
+                recovered = await self._recover(responders or {})
+                if recovered:
+                    log.info("recovered %d unanswered message(s) from the inbox", recovered)
+                self._accepting = not self._closing
+                task_status.started()
+            # Every actor has finished: stop batching (what is queued still runs).
+            database.cancel_scope.cancel()
 
     def close(self) -> None:
         """Stop taking messages; queued ones stay in the inbox for the next start."""

@@ -1,0 +1,60 @@
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+import trio
+
+from runtime.botcore import Database
+
+
+async def test_batched_calls_share_thread_hops_and_keep_their_own_transactions(
+    tmp_path: Path,
+) -> None:
+    db = await Database.open(tmp_path / "t.db")
+    await db.run(lambda c: c.execute("CREATE TABLE t (n INTEGER UNIQUE)"))
+    results: dict[int, object] = {}
+
+    async def insert(n: int) -> None:
+        try:
+            results[n] = await db.run(
+                lambda c: c.execute("INSERT INTO t VALUES (?)", (n % 50,)).rowcount
+            )
+        except sqlite3.IntegrityError as exc:
+            results[n] = exc
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(db.serve_batches)
+        async with trio.open_nursery() as callers:
+            for n in range(100):
+                callers.start_soon(insert, n)
+        nursery.cancel_scope.cancel()
+    assert db.calls == 100 and db.batches < 20  # many calls per worker-thread hop
+    assert sum(1 for r in results.values() if r == 1) == 50
+    # A failing call fails alone: its duplicates were refused, the others committed.
+    assert sum(isinstance(r, sqlite3.IntegrityError) for r in results.values()) == 50
+    assert await db.run(lambda c: c.execute("SELECT count(*) FROM t").fetchone()[0]) == 50
+    await db.aclose()
+
+
+async def test_calls_queued_when_batching_stops_still_run(tmp_path: Path) -> None:
+    db = await Database.open(tmp_path / "t.db")
+    await db.run(lambda c: c.execute("CREATE TABLE t (n INTEGER)"))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(db.serve_batches)
+        done = trio.Event()
+
+        async def write() -> None:
+            with trio.CancelScope(shield=True):
+                await db.run(lambda c: c.execute("INSERT INTO t VALUES (1)"))
+            done.set()
+
+        nursery.start_soon(write)
+        await trio.lowlevel.checkpoint()
+        nursery.cancel_scope.cancel()
+    await done.wait()
+    assert await db.run(lambda c: c.execute("SELECT count(*) FROM t").fetchone()[0]) == 1
+    with pytest.raises(sqlite3.OperationalError):
+        await db.run(lambda c: c.execute("SELECT nope FROM t"))
+    await db.aclose()
