@@ -13,7 +13,7 @@ from pathlib import Path
 
 import trio
 
-from adapters import Inbound, Progress, Reply
+from adapters import ChannelError, Inbound, Progress, Reply, TextDelta
 from runtime.app import Runtime, open_model, serve
 from runtime.botcore import Bot, BotCoreError
 from runtime.config import Config, ConfigError
@@ -126,8 +126,6 @@ class _TerminalResponder:
         self.done.set()
 
     def progress(self, event: Progress) -> None:
-        from adapters import TextDelta
-
         if isinstance(event, TextDelta):
             self.streamed = True
             print(event.text, end="", flush=True)
@@ -154,7 +152,7 @@ async def _chat(config: Config, session: str) -> None:
                     responder = _TerminalResponder()
                     try:
                         await runtime.deliver(Inbound("cli", session, line.strip(), responder))
-                    except ProviderError as exc:
+                    except ChannelError as exc:
                         print(f"error: {exc}")
                         continue
                     await responder.done.wait()

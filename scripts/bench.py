@@ -176,43 +176,57 @@ def order_violations(workspace: Path, sessions: int, messages: int) -> int:
 
 
 def load(args: argparse.Namespace) -> None:
-    with fake_model(args.delay_ms) as model_url, runtime(model_url) as (process, url, workspace):
-        # Warm up: imports, first connections, SQLite pages.
-        trio.run(drive, url, 4, 2, [], [], "warmup")
-        latencies: list[float] = []
-        errors: list[str] = []
-        peak_before = rss_kib(process.pid, "VmHWM")
-        started = time.perf_counter()
-        trio.run(drive, url, args.sessions, args.messages, latencies, errors)
-        elapsed = time.perf_counter() - started
-        peak = rss_kib(process.pid, "VmHWM")
-        violations = order_violations(workspace, args.sessions, args.messages)
+    runs = [_load_once(args) for _ in range(args.repeat)]
     total = args.sessions * args.messages
-    delay = args.delay_ms / 1000
-    overhead = [max(0.0, latency - delay) for latency in latencies]
-    ms = lambda seconds: f"{seconds * 1000:.1f} ms"  # noqa: E731
+    med = lambda key: statistics.median(run[key] for run in runs)  # noqa: E731
+    ms = lambda key: f"{med(key) * 1000:.1f} ms"  # noqa: E731
     rows = [
         ("sessions x messages", f"{args.sessions} x {args.messages} = {total}"),
         ("fake model delay", f"{args.delay_ms:g} ms"),
-        ("messages/s", f"{total / elapsed:.0f}"),
+        ("runs (median of each figure)", str(args.repeat)),
         (
-            "latency p50 / p95 / p99",
-            f"{ms(percentile(latencies, 50))} / {ms(percentile(latencies, 95))} / {ms(percentile(latencies, 99))}",
+            "messages/s",
+            f"{med('rate'):.0f} (runs: {', '.join(format(run['rate'], '.0f') for run in runs)})",
         ),
-        (
-            "overhead p50 / p95 / p99",
-            f"{ms(percentile(overhead, 50))} / {ms(percentile(overhead, 95))} / {ms(percentile(overhead, 99))}",
-        ),
-        ("errors", str(len(errors))),
-        ("order violations", str(violations)),
-        ("runtime peak RSS", f"{peak / 1024:.0f} MiB (after warm-up {peak_before / 1024:.0f} MiB)"),
+        ("latency p50 / p95 / p99", f"{ms('p50')} / {ms('p95')} / {ms('p99')}"),
+        ("overhead p50 / p95 / p99", f"{ms('o50')} / {ms('o95')} / {ms('o99')}"),
+        ("errors (all runs)", str(sum(int(run["errors"]) for run in runs))),
+        ("order violations (all runs)", str(sum(int(run["violations"]) for run in runs))),
+        ("runtime peak RSS", f"{med('peak') / 1024:.0f} MiB"),
     ]
     table(
         f"load: {args.sessions} sessions x {args.messages} messages, model delay {args.delay_ms:g} ms",
         rows,
     )
-    for error in errors[:5]:
-        print("  error:", error)
+
+
+def _load_once(args: argparse.Namespace) -> dict[str, float]:
+    with fake_model(args.delay_ms) as model_url, runtime(model_url) as (process, url, workspace):
+        # Warm up: imports, first connections, SQLite pages.
+        trio.run(drive, url, 4, 2, [], [], "warmup")
+        latencies: list[float] = []
+        errors: list[str] = []
+        started = time.perf_counter()
+        trio.run(drive, url, args.sessions, args.messages, latencies, errors)
+        elapsed = time.perf_counter() - started
+        peak = rss_kib(process.pid, "VmHWM")
+        violations = order_violations(workspace, args.sessions, args.messages)
+    for error in errors[:3]:
+        print("  error:", error, file=sys.stderr)
+    delay = args.delay_ms / 1000
+    overhead = [max(0.0, latency - delay) for latency in latencies]
+    return {
+        "rate": args.sessions * args.messages / elapsed,
+        "p50": percentile(latencies, 50),
+        "p95": percentile(latencies, 95),
+        "p99": percentile(latencies, 99),
+        "o50": percentile(overhead, 50),
+        "o95": percentile(overhead, 95),
+        "o99": percentile(overhead, 99),
+        "errors": len(errors),
+        "violations": violations,
+        "peak": peak,
+    }
 
 
 def coldstart(args: argparse.Namespace) -> None:
@@ -344,6 +358,7 @@ def main() -> None:
     load_cmd.add_argument("--sessions", type=int, default=100)
     load_cmd.add_argument("--messages", type=int, default=20)
     load_cmd.add_argument("--delay-ms", type=float, default=0.0)
+    load_cmd.add_argument("--repeat", type=int, default=3, help="runs; figures are medians")
     cold_cmd = commands.add_parser("coldstart", help="process start to the first 200")
     cold_cmd.add_argument("--runs", type=int, default=5)
     idle_cmd = commands.add_parser(

@@ -1,5 +1,7 @@
 """Fake servers that speak real wire protocols on 127.0.0.1, for testing bots offline."""
 
+from typing import TYPE_CHECKING, Any
+
 from runtime.testing.bot import (
     CrashOn,
     RunningBot,
@@ -9,20 +11,46 @@ from runtime.testing.bot import (
     open_runtime,
     serve_bot,
 )
-from runtime.testing.fake_llm import (
-    CutStream,
-    Fail,
-    FakeLLM,
-    Malformed,
-    RecordedRequest,
-    Slow,
-    Text,
-    ToolUse,
-    open_fake_llm,
-    serve_fake_llm,
-)
 from runtime.testing.process import BotProcess, bot_process, free_port
 from runtime.testing.waiting import wait_until
+
+if TYPE_CHECKING:
+    from runtime.testing.fake_llm import (
+        CutStream,
+        Fail,
+        FakeLLM,
+        Malformed,
+        RecordedRequest,
+        Slow,
+        Text,
+        ToolUse,
+        open_fake_llm,
+        serve_fake_llm,
+    )
+
+_FAKE_LLM = {
+    "CutStream",
+    "Fail",
+    "FakeLLM",
+    "Malformed",
+    "RecordedRequest",
+    "Slow",
+    "Text",
+    "ToolUse",
+    "open_fake_llm",
+    "serve_fake_llm",
+}
+
+
+def __getattr__(name: str) -> Any:
+    # Imported on first use, so `python -m runtime.testing.fake_llm` does not find its own
+    # module already imported by this package (runpy warns about that).
+    if name in _FAKE_LLM:
+        from runtime.testing import fake_llm
+
+        return getattr(fake_llm, name)
+    raise AttributeError(f"module 'runtime.testing' has no attribute {name!r}")
+
 
 __all__ = [
     "BotProcess",

@@ -98,3 +98,21 @@ async def test_sigterm_drains_a_turn_in_flight_and_refuses_new_messages(
     assert (
         refused.status_code == 503 and "not taking messages" in refused.json()["error"]["message"]
     )
+
+
+def test_chat_talks_to_the_bot_through_the_session_machinery(workspace: Path) -> None:
+    import os
+
+    environ = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")}
+    result = subprocess.run(
+        [sys.executable, "-m", "runtime", "chat", "--workspace", str(workspace)],
+        input="remember the kettle is blue\n\nwhat do you remember about the kettle\n",
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=environ,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "TestBot on offline" in result.stdout
+    assert "Got it, I'll remember that." in result.stdout
+    assert "- the kettle is blue" in result.stdout

@@ -13,8 +13,7 @@ from adapters.http import HttpResponder
 from runtime.botcore import Bot
 from runtime.inbox import Inbox
 from runtime.llm.offline import OfflineModel
-from runtime.testing import CrashOn, local_config, open_runtime, wait_until
-from runtime.testing.fake_llm import FakeLLM, Slow, Text
+from runtime.testing import CrashOn, FakeLLM, Slow, Text, local_config, open_runtime, wait_until
 
 QUICK = RestartPolicy(max_restarts=2, within=30, backoff_min=0.01, backoff_max=0.05)
 
