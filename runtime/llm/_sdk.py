@@ -13,12 +13,19 @@ import contextvars
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 import attrs
 import httpx2
 
-from runtime.llm.base import ProviderError, ProviderRejected, ProviderUnavailable
+from runtime.llm.base import (
+    ModelRequest,
+    ModelResponse,
+    OnText,
+    ProviderError,
+    ProviderRejected,
+    ProviderUnavailable,
+)
 
 log = logging.getLogger("runtime.llm")
 
@@ -135,3 +142,49 @@ def _detail(exc: Exception) -> str:
             return str(error["message"])
     text = str(exc) or type(exc).__name__
     return text if len(text) <= 300 else text[:300] + "…"
+
+
+class SdkClient(Protocol):
+    async def close(self) -> None: ...
+
+
+C = TypeVar("C", bound=SdkClient)
+
+
+class SdkProvider(Generic[C]):
+    """A provider on an official SDK: one retry layer (the SDK's), counted; errors translated.
+
+    Subclasses build the SDK client and implement `_stream` (one streamed call).
+    """
+
+    label: ClassVar[str]  # "Anthropic", as people call the provider
+    prefix: ClassVar[str]  # "anthropic", as model names are prefixed
+    key_variable: ClassVar[str]
+    sdk_errors: ClassVar[tuple[type[Exception], ...]]
+
+    def __init__(self, model: str, client: C) -> None:
+        self.model = model
+        self._client = client
+
+    @property
+    def name(self) -> str:
+        return f"{self.prefix}:{self.model}"
+
+    async def complete(
+        self, request: ModelRequest, *, on_text: OnText | None = None
+    ) -> ModelResponse:
+        caught: tuple[type[Exception], ...] = (*self.sdk_errors, *TRANSPORT_ERRORS)
+        with counting_retries() as statistics:
+            try:
+                response = await self._stream(request, on_text)
+            except caught as exc:
+                raise translate(
+                    self.label, exc, statistics, key_variable=self.key_variable, model=self.model
+                ) from exc
+            return attrs.evolve(response, retries=statistics.retries)
+
+    async def _stream(self, request: ModelRequest, on_text: OnText | None) -> ModelResponse:
+        raise NotImplementedError
+
+    async def aclose(self) -> None:
+        await self._client.close()

@@ -8,7 +8,7 @@ from typing import Any
 import anthropic
 import attrs
 
-from runtime.llm._sdk import TRANSPORT_ERRORS, counting_retries, event_hooks, translate
+from runtime.llm._sdk import SdkProvider, event_hooks
 from runtime.llm.base import (
     AssistantTurn,
     Message,
@@ -31,7 +31,12 @@ _STOP = {
 }
 
 
-class AnthropicProvider:
+class AnthropicProvider(SdkProvider[anthropic.AsyncAnthropic]):
+    label = "Anthropic"
+    prefix = "anthropic"
+    key_variable = "ANTHROPIC_API_KEY"
+    sdk_errors = (anthropic.AnthropicError,)
+
     def __init__(
         self,
         model: str,
@@ -41,30 +46,14 @@ class AnthropicProvider:
         timeout: float = 60.0,
         max_retries: int = 3,
     ) -> None:
-        self.model = model
-        self._client = anthropic.AsyncAnthropic(
+        client = anthropic.AsyncAnthropic(
             api_key=api_key,
             base_url=base_url,
             timeout=timeout,
             max_retries=max_retries,
-            http_client=anthropic.DefaultAsyncHttpxClient(event_hooks=event_hooks("Anthropic")),
+            http_client=anthropic.DefaultAsyncHttpxClient(event_hooks=event_hooks(self.label)),
         )
-
-    @property
-    def name(self) -> str:
-        return f"anthropic:{self.model}"
-
-    async def complete(
-        self, request: ModelRequest, *, on_text: OnText | None = None
-    ) -> ModelResponse:
-        with counting_retries() as statistics:
-            try:
-                response = await self._stream(request, on_text)
-            except (anthropic.AnthropicError, *TRANSPORT_ERRORS) as exc:
-                raise translate(
-                    "Anthropic", exc, statistics, key_variable="ANTHROPIC_API_KEY", model=self.model
-                ) from exc
-            return attrs.evolve(response, retries=statistics.retries)
+        super().__init__(model, client)
 
     async def _stream(self, request: ModelRequest, on_text: OnText | None) -> ModelResponse:
         arguments: dict[str, Any] = {
@@ -112,9 +101,6 @@ class AnthropicProvider:
             for _, (call_id, name, parts) in sorted(tools.items())
         )
         return ModelResponse("".join(text), calls, stop, usage, self.model)
-
-    async def aclose(self) -> None:
-        await self._client.close()
 
 
 def system_blocks(request: ModelRequest) -> list[dict[str, Any]]:

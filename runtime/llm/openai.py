@@ -9,10 +9,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import attrs
 import openai
 
-from runtime.llm._sdk import TRANSPORT_ERRORS, counting_retries, event_hooks, translate
+from runtime.llm._sdk import SdkProvider, event_hooks
 from runtime.llm.base import (
     AssistantTurn,
     Message,
@@ -36,7 +35,12 @@ _STOP = {
 _REASONING_PREFIXES = ("o1", "o3", "o4", "gpt-5")
 
 
-class OpenAIProvider:
+class OpenAIProvider(SdkProvider[openai.AsyncOpenAI]):
+    label = "OpenAI"
+    prefix = "openai"
+    key_variable = "OPENAI_API_KEY"
+    sdk_errors = (openai.OpenAIError,)
+
     def __init__(
         self,
         model: str,
@@ -46,30 +50,14 @@ class OpenAIProvider:
         timeout: float = 60.0,
         max_retries: int = 3,
     ) -> None:
-        self.model = model
-        self._client = openai.AsyncOpenAI(
+        client = openai.AsyncOpenAI(
             api_key=api_key,
             base_url=base_url,
             timeout=timeout,
             max_retries=max_retries,
-            http_client=openai.DefaultAsyncHttpxClient(event_hooks=event_hooks("OpenAI")),
+            http_client=openai.DefaultAsyncHttpxClient(event_hooks=event_hooks(self.label)),
         )
-
-    @property
-    def name(self) -> str:
-        return f"openai:{self.model}"
-
-    async def complete(
-        self, request: ModelRequest, *, on_text: OnText | None = None
-    ) -> ModelResponse:
-        with counting_retries() as statistics:
-            try:
-                response = await self._stream(request, on_text)
-            except (openai.OpenAIError, *TRANSPORT_ERRORS) as exc:
-                raise translate(
-                    "OpenAI", exc, statistics, key_variable="OPENAI_API_KEY", model=self.model
-                ) from exc
-            return attrs.evolve(response, retries=statistics.retries)
+        super().__init__(model, client)
 
     async def _stream(self, request: ModelRequest, on_text: OnText | None) -> ModelResponse:
         system = request.system + ("\n\n" + request.context if request.context else "")
@@ -135,9 +123,6 @@ class OpenAIProvider:
             for index, slot in sorted(tools.items())
         )
         return ModelResponse("".join(text), calls, stop, usage, self.model)
-
-    async def aclose(self) -> None:
-        await self._client.close()
 
 
 def wire_messages(message: Message) -> list[dict[str, Any]]:

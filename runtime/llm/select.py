@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Literal
 
 import attrs
@@ -58,36 +59,38 @@ def choose_models(config: Config) -> list[ModelChoice]:
         parse_model(name) for name in config.fallback_models.split(",") if name.strip()
     ]
     for choice in choices:
-        variable = {"anthropic": "ANTHROPIC_API_KEY", "openai": "OPENAI_API_KEY"}.get(
-            choice.provider
-        )
-        key = config.anthropic_api_key if choice.provider == "anthropic" else config.openai_api_key
-        if variable and not key:
+        if choice.provider != "offline" and not _key(choice, config):
+            variable = f"{choice.provider.upper()}_API_KEY"
             raise ConfigError(f"model {choice} needs {variable}; set it, or DEFAULT_MODEL=offline")
     return choices
 
 
+def _key(choice: ModelChoice, config: Config) -> str | None:
+    return config.anthropic_api_key if choice.provider == "anthropic" else config.openai_api_key
+
+
 def open_provider(choice: ModelChoice, config: Config) -> Provider:
+    """The provider for `choice`; its SDK is imported here, only when it is used."""
+    if choice.provider == "offline":
+        return OfflineModel()
+    sdk_provider: Callable[..., Provider]
     if choice.provider == "anthropic":
         from runtime.llm.anthropic import AnthropicProvider
 
-        assert config.anthropic_api_key is not None
-        return AnthropicProvider(
-            choice.model,
-            api_key=config.anthropic_api_key,
-            base_url=config.anthropic_base_url,
-            timeout=config.model_timeout_seconds,
-            max_retries=config.model_max_retries,
-        )
-    if choice.provider == "openai":
+        sdk_provider = AnthropicProvider
+    else:
         from runtime.llm.openai import OpenAIProvider
 
-        assert config.openai_api_key is not None
-        return OpenAIProvider(
-            choice.model,
-            api_key=config.openai_api_key,
-            base_url=config.openai_base_url,
-            timeout=config.model_timeout_seconds,
-            max_retries=config.model_max_retries,
-        )
-    return OfflineModel()
+        sdk_provider = OpenAIProvider
+    base_url = (
+        config.anthropic_base_url if choice.provider == "anthropic" else config.openai_base_url
+    )
+    key = _key(choice, config)
+    assert key is not None
+    return sdk_provider(
+        choice.model,
+        api_key=key,
+        base_url=base_url,
+        timeout=config.model_timeout_seconds,
+        max_retries=config.model_max_retries,
+    )
