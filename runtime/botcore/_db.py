@@ -134,7 +134,10 @@ class Database:
         try:
             task_status.started()
             async for first in receive:
-                await self._run_batch([first, *_drain(receive)])
+                # Shielded: to_thread checks for cancellation before it starts, and a batch
+                # taken off the queue must run, or its callers would wait forever.
+                with trio.CancelScope(shield=True):
+                    await self._run_batch([first, *_drain(receive)])
         finally:
             self._queue = None
             send.close()

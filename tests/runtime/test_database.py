@@ -58,3 +58,26 @@ async def test_calls_queued_when_batching_stops_still_run(tmp_path: Path) -> Non
     with pytest.raises(sqlite3.OperationalError):
         await db.run(lambda c: c.execute("SELECT nope FROM t"))
     await db.aclose()
+
+
+async def test_no_call_is_lost_when_batching_stops_at_any_moment(tmp_path: Path) -> None:
+    db = await Database.open(tmp_path / "t.db")
+    await db.run(lambda c: c.execute("CREATE TABLE t (n INTEGER)"))
+    for n in range(60):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(db.serve_batches)
+            finished = trio.Event()
+
+            async def write(value: int = n, finished: trio.Event = finished) -> None:
+                with trio.CancelScope(shield=True), trio.fail_after(5):
+                    await db.run(lambda c: c.execute("INSERT INTO t VALUES (?)", (value,)))
+                finished.set()
+
+            nursery.start_soon(write)
+            for _ in range(n % 4):  # stop batching at a different moment each time
+                await trio.lowlevel.checkpoint()
+            nursery.cancel_scope.cancel()
+        with trio.fail_after(5):
+            await finished.wait()
+    assert await db.run(lambda c: c.execute("SELECT count(*) FROM t").fetchone()[0]) == 60
+    await db.aclose()
