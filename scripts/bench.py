@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import random
 import shutil
 import socket
 import sqlite3
@@ -82,7 +83,7 @@ def fake_model(delay_ms: float) -> Iterator[str]:
 
 @contextmanager
 def runtime(
-    model_url: str | None, **env: str
+    model_url: str | None, provider: str = "anthropic", **env: str
 ) -> Iterator[tuple[subprocess.Popen[bytes], str, Path]]:
     """`botcorebot serve` on a copy of the demo bot; yields (process, url, workspace)."""
     workspace = Path(tempfile.mkdtemp(prefix="botcore-bench-")) / "bot"
@@ -97,7 +98,13 @@ def runtime(
         "MAILBOX_SIZE": "1024",
         "MODEL_CONCURRENCY": "2048",
     }
-    if model_url:
+    if model_url and provider == "openai":
+        environ |= {
+            "DEFAULT_MODEL": "gpt-bench",
+            "OPENAI_API_KEY": "dummy",
+            "OPENAI_BASE_URL": f"{model_url}/v1",
+        }
+    elif model_url:
         environ |= {
             "DEFAULT_MODEL": "claude-bench",
             "ANTHROPIC_API_KEY": "dummy",
@@ -128,14 +135,21 @@ async def drive(
     latencies: list[float],
     errors: list[str],
     prefix: str = "bench",
+    think: float = 0.0,
+    expect_echo: bool = True,
 ) -> None:
-    """`sessions` concurrent sessions, each sending `messages` messages one after another."""
+    """`sessions` concurrent sessions, each sending `messages` messages one after another,
+    pausing `think` seconds (jittered) between its messages, as people do."""
     limits = httpx2.Limits(max_connections=sessions, max_keepalive_connections=sessions)
     headers = {"Authorization": f"Bearer {TOKEN}"}
     async with httpx2.AsyncClient(limits=limits, timeout=120, headers=headers) as client:
 
         async def session(n: int) -> None:
+            if think:
+                await trio.sleep(random.uniform(0, think))  # do not all start at once
             for m in range(messages):
+                if think and m:
+                    await trio.sleep(random.uniform(0.5 * think, 1.5 * think))
                 text = f"s{n} m{m}"
                 started = time.perf_counter()
                 try:
@@ -148,7 +162,9 @@ async def drive(
                 latencies.append(time.perf_counter() - started)
                 if response.status_code != 200:
                     errors.append(f"HTTP {response.status_code}: {response.text[:100]}")
-                elif response.json()["message"] != f"ok: {text}":
+                elif "error" in response.json() or (
+                    expect_echo and response.json()["message"] != f"ok: {text}"
+                ):
                     errors.append(f"wrong answer for {text!r}: {response.json()['message'][:60]!r}")
 
         async with trio.open_nursery() as nursery:
@@ -182,7 +198,12 @@ def load(args: argparse.Namespace) -> None:
     ms = lambda key: f"{med(key) * 1000:.1f} ms"  # noqa: E731
     rows = [
         ("sessions x messages", f"{args.sessions} x {args.messages} = {total}"),
-        ("fake model delay", f"{args.delay_ms:g} ms"),
+        (
+            "model",
+            "offline (embedded)" if args.model == "offline" else f"{args.model} SDK -> fake server",
+        ),
+        ("fake model delay", "-" if args.model == "offline" else f"{args.delay_ms:g} ms"),
+        ("think time between a session's messages", f"{args.think_ms:g} ms"),
         ("runs (median of each figure)", str(args.repeat)),
         (
             "messages/s",
@@ -201,13 +222,27 @@ def load(args: argparse.Namespace) -> None:
 
 
 def _load_once(args: argparse.Namespace) -> dict[str, float]:
-    with fake_model(args.delay_ms) as model_url, runtime(model_url) as (process, url, workspace):
+    offline = args.model == "offline"
+    with (
+        fake_model(args.delay_ms) as model_url,
+        runtime(None if offline else model_url, args.model) as (process, url, workspace),
+    ):
         # Warm up: imports, first connections, SQLite pages.
-        trio.run(drive, url, 4, 2, [], [], "warmup")
+        trio.run(drive, url, 4, 2, [], [], "warmup", 0.0, not offline)
         latencies: list[float] = []
         errors: list[str] = []
         started = time.perf_counter()
-        trio.run(drive, url, args.sessions, args.messages, latencies, errors)
+        trio.run(
+            drive,
+            url,
+            args.sessions,
+            args.messages,
+            latencies,
+            errors,
+            "bench",
+            args.think_ms / 1000,
+            not offline,
+        )
         elapsed = time.perf_counter() - started
         peak = rss_kib(process.pid, "VmHWM")
         violations = order_violations(workspace, args.sessions, args.messages)
@@ -358,7 +393,13 @@ def main() -> None:
     load_cmd.add_argument("--sessions", type=int, default=100)
     load_cmd.add_argument("--messages", type=int, default=20)
     load_cmd.add_argument("--delay-ms", type=float, default=0.0)
+    load_cmd.add_argument(
+        "--model", choices=["anthropic", "openai", "offline"], default="anthropic"
+    )
     load_cmd.add_argument("--repeat", type=int, default=3, help="runs; figures are medians")
+    load_cmd.add_argument(
+        "--think-ms", type=float, default=0.0, help="pause between a session's messages (0: none)"
+    )
     cold_cmd = commands.add_parser("coldstart", help="process start to the first 200")
     cold_cmd.add_argument("--runs", type=int, default=5)
     idle_cmd = commands.add_parser(
