@@ -269,7 +269,7 @@ class Runtime:
                 await self.inbox.dead(entry_id, reply)
 
     async def health(self) -> tuple[int, dict[str, Any]]:
-        """Readiness: the database answers and the runtime is taking messages."""
+        """Readiness: the database answers, the model can be reached, messages are taken."""
         try:
             with trio.fail_after(2):
                 await self.bot.db.run(lambda db: db.execute("SELECT 1").fetchone())
@@ -277,6 +277,9 @@ class Runtime:
             return 503, {"status": "unavailable", "database": f"error: {exc}"}
         if not self._accepting:
             return 503, {"status": "unavailable", "reason": "not taking messages"}
+        problem = await self.provider.reachable()
+        if problem is not None:
+            return 503, {"status": "unavailable", "model": self.provider.name, "reason": problem}
         stats = self.registry.statistics()
         return 200, {
             "status": "ok",

@@ -17,6 +17,7 @@ from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 import attrs
 import httpx2
+import trio
 
 from runtime.llm.base import (
     ModelRequest,
@@ -145,6 +146,9 @@ def _detail(exc: Exception) -> str:
 
 
 class SdkClient(Protocol):
+    @property
+    def base_url(self) -> httpx2.URL: ...
+
     async def close(self) -> None: ...
 
 
@@ -185,6 +189,18 @@ class SdkProvider(Generic[C]):
 
     async def _stream(self, request: ModelRequest, on_text: OnText | None) -> ModelResponse:
         raise NotImplementedError
+
+    async def reachable(self) -> str | None:
+        """Whether the API's host accepts a TCP connection (no request, nothing billed)."""
+        url = self._client.base_url
+        port = url.port or (443 if url.scheme == "https" else 80)
+        try:
+            with trio.fail_after(2):
+                stream = await trio.open_tcp_stream(url.host, port)
+            await stream.aclose()
+        except (OSError, trio.TooSlowError) as exc:
+            return f"cannot reach {self.label} at {url.host}:{port}: {exc or 'timed out'}"
+        return None
 
     async def aclose(self) -> None:
         await self._client.close()

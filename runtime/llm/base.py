@@ -120,6 +120,11 @@ class Provider(Protocol):
         self, request: ModelRequest, *, on_text: OnText | None = None
     ) -> ModelResponse: ...
 
+    async def reachable(self) -> str | None:
+        """None if the model can be reached now, else why not (for readiness checks; free of
+        charge: no model call is made)."""
+        ...
+
     async def aclose(self) -> None: ...
 
 

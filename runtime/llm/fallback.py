@@ -44,6 +44,16 @@ class FallbackProvider:
             return attrs.evolve(response, retries=response.retries + retries)
         raise AssertionError("unreachable")
 
+    async def reachable(self) -> str | None:
+        """Reachable when any of the models is."""
+        problems = []
+        for provider in self._providers:
+            problem = await provider.reachable()
+            if problem is None:
+                return None
+            problems.append(problem)
+        return "; ".join(problems)
+
     async def aclose(self) -> None:
         for provider in self._providers:
             await provider.aclose()

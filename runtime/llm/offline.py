@@ -76,6 +76,9 @@ class OfflineModel:
             model="offline",
         )
 
+    async def reachable(self) -> str | None:
+        return None
+
     async def aclose(self) -> None:
         pass
 

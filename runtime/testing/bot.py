@@ -94,5 +94,8 @@ class CrashOn:
             raise RuntimeError(f"injected crash #{self.crashes}")
         return await self._inner.complete(request, on_text=on_text)
 
+    async def reachable(self) -> str | None:
+        return await self._inner.reachable()
+
     async def aclose(self) -> None:
         await self._inner.aclose()

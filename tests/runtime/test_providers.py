@@ -291,3 +291,24 @@ async def test_a_provider_that_goes_down_gives_clear_errors_and_recovers_when_ba
     assert down.status_code == 502
     assert "cannot reach Anthropic after 1 retry" in down.json()["error"]["message"]
     assert back.status_code == 200 and back.json()["message"] == "ok: and now?"
+
+
+async def test_readiness_says_when_the_model_cannot_be_reached(
+    workspace: Path, client: httpx2.AsyncClient
+) -> None:
+    port = free_port()
+    config = local_config(
+        workspace,
+        default_model="claude-x",
+        anthropic_api_key="k",
+        anthropic_base_url=f"http://127.0.0.1:{port}",
+    )
+    async with serve_bot(config) as bot:
+        down = await client.get(f"{bot.url}/readyz")
+        async with trio.open_nursery() as nursery:
+            await nursery.start(serve_fake_llm, FakeLLM(), "127.0.0.1", port)
+            up = await client.get(f"{bot.url}/readyz")
+            nursery.cancel_scope.cancel()
+    assert down.status_code == 503
+    assert f"cannot reach Anthropic at 127.0.0.1:{port}" in down.json()["reason"]
+    assert up.status_code == 200 and up.json()["model"] == "anthropic:claude-x"
