@@ -166,9 +166,35 @@ class SdkProvider(Generic[C]):
     key_variable: ClassVar[str]
     sdk_errors: ClassVar[tuple[type[Exception], ...]]
 
-    def __init__(self, model: str, client: C) -> None:
+    def __init__(
+        self,
+        model: str,
+        *,
+        api_key: str,
+        base_url: str | None = None,
+        timeout: float = 60.0,
+        max_retries: int = 3,
+    ) -> None:
         self.model = model
-        self._client = client
+        self._client = self._connect(
+            api_key=api_key,
+            base_url=base_url,
+            timeout=timeout,
+            max_retries=max_retries,
+            hooks=event_hooks(self.label),
+        )
+
+    def _connect(
+        self,
+        *,
+        api_key: str,
+        base_url: str | None,
+        timeout: float,
+        max_retries: int,
+        hooks: dict[str, list[Any]],
+    ) -> C:
+        """The SDK's async client on an httpx2 client with our event hooks."""
+        raise NotImplementedError
 
     @property
     def name(self) -> str:

@@ -8,7 +8,7 @@ from typing import Any
 import anthropic
 import attrs
 
-from runtime.llm._sdk import SdkProvider, event_hooks
+from runtime.llm._sdk import SdkProvider
 from runtime.llm.base import (
     AssistantTurn,
     Message,
@@ -37,23 +37,22 @@ class AnthropicProvider(SdkProvider[anthropic.AsyncAnthropic]):
     key_variable = "ANTHROPIC_API_KEY"
     sdk_errors = (anthropic.AnthropicError,)
 
-    def __init__(
+    def _connect(
         self,
-        model: str,
         *,
         api_key: str,
-        base_url: str | None = None,
-        timeout: float = 60.0,
-        max_retries: int = 3,
-    ) -> None:
-        client = anthropic.AsyncAnthropic(
+        base_url: str | None,
+        timeout: float,
+        max_retries: int,
+        hooks: dict[str, list[Any]],
+    ) -> anthropic.AsyncAnthropic:
+        return anthropic.AsyncAnthropic(
             api_key=api_key,
             base_url=base_url,
             timeout=timeout,
             max_retries=max_retries,
-            http_client=anthropic.DefaultAsyncHttpxClient(event_hooks=event_hooks(self.label)),
+            http_client=anthropic.DefaultAsyncHttpxClient(event_hooks=hooks),
         )
-        super().__init__(model, client)
 
     async def _stream(self, request: ModelRequest, on_text: OnText | None) -> ModelResponse:
         arguments: dict[str, Any] = {

@@ -11,7 +11,7 @@ from typing import Any
 
 import openai
 
-from runtime.llm._sdk import SdkProvider, event_hooks
+from runtime.llm._sdk import SdkProvider
 from runtime.llm.base import (
     AssistantTurn,
     Message,
@@ -41,23 +41,22 @@ class OpenAIProvider(SdkProvider[openai.AsyncOpenAI]):
     key_variable = "OPENAI_API_KEY"
     sdk_errors = (openai.OpenAIError,)
 
-    def __init__(
+    def _connect(
         self,
-        model: str,
         *,
         api_key: str,
-        base_url: str | None = None,
-        timeout: float = 60.0,
-        max_retries: int = 3,
-    ) -> None:
-        client = openai.AsyncOpenAI(
+        base_url: str | None,
+        timeout: float,
+        max_retries: int,
+        hooks: dict[str, list[Any]],
+    ) -> openai.AsyncOpenAI:
+        return openai.AsyncOpenAI(
             api_key=api_key,
             base_url=base_url,
             timeout=timeout,
             max_retries=max_retries,
-            http_client=openai.DefaultAsyncHttpxClient(event_hooks=event_hooks(self.label)),
+            http_client=openai.DefaultAsyncHttpxClient(event_hooks=hooks),
         )
-        super().__init__(model, client)
 
     async def _stream(self, request: ModelRequest, on_text: OnText | None) -> ModelResponse:
         system = request.system + ("\n\n" + request.context if request.context else "")

@@ -270,17 +270,23 @@ async def test_the_stable_prompt_is_marked_for_anthropic_prompt_caching(
     assert response.json()["metadata"]["usage"]["cache_read_tokens"] > 0
 
 
-async def test_a_provider_that_goes_down_gives_clear_errors_and_recovers_when_back(
-    workspace: Path, client: httpx2.AsyncClient
-) -> None:
+def nothing_listens(workspace: Path, **settings: Any) -> tuple[Config, int]:
+    """A bot whose Anthropic endpoint is a free port of 127.0.0.1: down until a test serves it."""
     port = free_port()
     config = local_config(
         workspace,
         default_model="claude-x",
         anthropic_api_key="k",
         anthropic_base_url=f"http://127.0.0.1:{port}",
-        model_max_retries=1,
+        **settings,
     )
+    return config, port
+
+
+async def test_a_provider_that_goes_down_gives_clear_errors_and_recovers_when_back(
+    workspace: Path, client: httpx2.AsyncClient
+) -> None:
+    config, port = nothing_listens(workspace, model_max_retries=1)
     async with serve_bot(config) as bot:
         down = await say(client, bot.url, "anyone there?")
         fake = FakeLLM()
@@ -296,13 +302,7 @@ async def test_a_provider_that_goes_down_gives_clear_errors_and_recovers_when_ba
 async def test_readiness_says_when_the_model_cannot_be_reached(
     workspace: Path, client: httpx2.AsyncClient
 ) -> None:
-    port = free_port()
-    config = local_config(
-        workspace,
-        default_model="claude-x",
-        anthropic_api_key="k",
-        anthropic_base_url=f"http://127.0.0.1:{port}",
-    )
+    config, port = nothing_listens(workspace)
     async with serve_bot(config) as bot:
         down = await client.get(f"{bot.url}/readyz")
         async with trio.open_nursery() as nursery:
