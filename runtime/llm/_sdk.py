@@ -177,23 +177,16 @@ class SdkProvider(Generic[C]):
     ) -> None:
         self.model = model
         self._client = self._connect(
+            event_hooks(self.label),
             api_key=api_key,
             base_url=base_url,
             timeout=timeout,
             max_retries=max_retries,
-            hooks=event_hooks(self.label),
         )
 
-    def _connect(
-        self,
-        *,
-        api_key: str,
-        base_url: str | None,
-        timeout: float,
-        max_retries: int,
-        hooks: dict[str, list[Any]],
-    ) -> C:
-        """The SDK's async client on an httpx2 client with our event hooks."""
+    def _connect(self, hooks: dict[str, list[Any]], **options: Any) -> C:
+        """The SDK's async client, given `options` (key, URL, timeout, retries), on an httpx2
+        client that carries `hooks`."""
         raise NotImplementedError
 
     @property

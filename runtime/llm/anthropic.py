@@ -37,21 +37,9 @@ class AnthropicProvider(SdkProvider[anthropic.AsyncAnthropic]):
     key_variable = "ANTHROPIC_API_KEY"
     sdk_errors = (anthropic.AnthropicError,)
 
-    def _connect(
-        self,
-        *,
-        api_key: str,
-        base_url: str | None,
-        timeout: float,
-        max_retries: int,
-        hooks: dict[str, list[Any]],
-    ) -> anthropic.AsyncAnthropic:
+    def _connect(self, hooks: dict[str, list[Any]], **options: Any) -> anthropic.AsyncAnthropic:
         return anthropic.AsyncAnthropic(
-            api_key=api_key,
-            base_url=base_url,
-            timeout=timeout,
-            max_retries=max_retries,
-            http_client=anthropic.DefaultAsyncHttpxClient(event_hooks=hooks),
+            http_client=anthropic.DefaultAsyncHttpxClient(event_hooks=hooks), **options
         )
 
     async def _stream(self, request: ModelRequest, on_text: OnText | None) -> ModelResponse:

@@ -41,21 +41,9 @@ class OpenAIProvider(SdkProvider[openai.AsyncOpenAI]):
     key_variable = "OPENAI_API_KEY"
     sdk_errors = (openai.OpenAIError,)
 
-    def _connect(
-        self,
-        *,
-        api_key: str,
-        base_url: str | None,
-        timeout: float,
-        max_retries: int,
-        hooks: dict[str, list[Any]],
-    ) -> openai.AsyncOpenAI:
+    def _connect(self, hooks: dict[str, list[Any]], **options: Any) -> openai.AsyncOpenAI:
         return openai.AsyncOpenAI(
-            api_key=api_key,
-            base_url=base_url,
-            timeout=timeout,
-            max_retries=max_retries,
-            http_client=openai.DefaultAsyncHttpxClient(event_hooks=hooks),
+            http_client=openai.DefaultAsyncHttpxClient(event_hooks=hooks), **options
         )
 
     async def _stream(self, request: ModelRequest, on_text: OnText | None) -> ModelResponse:
