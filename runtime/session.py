@@ -27,6 +27,7 @@ from runtime.llm import (
     ModelResponse,
     Provider,
     ProviderError,
+    Retries,
     ToolCall,
     ToolResult,
     ToolResults,
@@ -75,7 +76,7 @@ class Turn:
     tools_used: int = 0
     usage: Usage = attrs.field(factory=Usage)
     model: str = ""
-    retries: int = 0
+    retries: Retries = Retries()
     error: ReplyError | None = None
 
     def to(self, phase: Phase, **changes: object) -> Turn:
@@ -95,7 +96,11 @@ class Turn:
             tools_used=self.tools_used,
             states=tuple(p.value for p in self.visited),
             model=self.model,
-            usage=(*self.usage.as_dict().items(), ("retries", self.retries)),
+            usage=(
+                *self.usage.as_dict().items(),
+                ("retries", self.retries.count),
+                ("retry_wait_ms", round(self.retries.waited * 1000)),
+            ),
             error=self.error,
         )
 
@@ -141,7 +146,7 @@ class Replied:
 @attrs.frozen
 class EffectFailed:
     error: ReplyError
-    retries: int = 0
+    retries: Retries = Retries()
 
 
 Event = (
@@ -392,9 +397,9 @@ class SessionActor:
                         finally:
                             metrics.model_latency.observe(trio.current_time() - called)
                 except ProviderError as exc:
-                    metrics.model_retries.inc(exc.retries)
+                    metrics.model_retries.inc(exc.retries.count)
                     return EffectFailed(ReplyError("provider", str(exc)), exc.retries)
-                metrics.model_retries.inc(response.retries)
+                metrics.model_retries.inc(response.retries.count)
                 for kind, count in response.usage.as_dict().items():
                     metrics.tokens.inc(count, kind=kind.removesuffix("_tokens"))
                 return ModelAnswered(response)

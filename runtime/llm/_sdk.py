@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextvars
 import logging
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, ClassVar, Generic, Protocol, TypeVar
@@ -26,6 +27,7 @@ from runtime.llm.base import (
     ProviderError,
     ProviderRejected,
     ProviderUnavailable,
+    Retries,
 )
 
 log = logging.getLogger("runtime.llm")
@@ -34,6 +36,12 @@ log = logging.getLogger("runtime.llm")
 @attrs.define
 class CallStatistics:
     retries: int = 0
+    waited: float = 0.0
+    last_request: float | None = None
+    last_response: float | None = None
+
+    def summary(self) -> Retries:
+        return Retries(self.retries, round(self.waited, 3))
 
 
 _current: contextvars.ContextVar[CallStatistics | None] = contextvars.ContextVar(
@@ -55,13 +63,29 @@ def event_hooks(provider: str) -> dict[str, list[Any]]:
     async def on_request(request: httpx2.Request) -> None:
         attempt = int(request.headers.get("x-stainless-retry-count", "0") or 0)
         statistics = _current.get()
-        if attempt and statistics is not None and attempt > statistics.retries:
+        if statistics is None:
+            return
+        now = time.monotonic()
+        if attempt and attempt > statistics.retries:
+            # The wait: since the failed answer, or since the failed attempt began when there
+            # was no answer (a refused or dropped connection).
+            since = statistics.last_response or statistics.last_request or now
             statistics.retries = attempt
+            statistics.waited += now - since
             log.warning(
-                "%s: retry %d of %s %s", provider, attempt, request.method, request.url.path
+                "%s: retry %d of %s %s after waiting %.2fs",
+                provider,
+                attempt,
+                request.method,
+                request.url.path,
+                now - since,
             )
+        statistics.last_request, statistics.last_response = now, None
 
     async def on_response(response: httpx2.Response) -> None:
+        statistics = _current.get()
+        if statistics is not None:
+            statistics.last_response = time.monotonic()
         if response.status_code >= 400:
             wait = response.headers.get("retry-after")
             log.warning(
@@ -84,9 +108,10 @@ def translate(
 ) -> ProviderError:
     """An SDK or transport error as one of ours, with a message a person can act on."""
     status = getattr(exc, "status_code", None)
-    retries = statistics.retries
+    retries = statistics.summary()
+    count = retries.count
     detail = _detail(exc)
-    after = f" after {retries} retr{'y' if retries == 1 else 'ies'}" if retries else ""
+    after = f" after {count} retr{'y' if count == 1 else 'ies'}" if count else ""
     if status == 401:
         return ProviderRejected(
             f"{provider} rejected the API key (401); check {key_variable}", retries=retries
@@ -204,7 +229,7 @@ class SdkProvider(Generic[C]):
                 raise translate(
                     self.label, exc, statistics, key_variable=self.key_variable, model=self.model
                 ) from exc
-            return attrs.evolve(response, retries=statistics.retries)
+            return attrs.evolve(response, retries=statistics.summary())
 
     async def _stream(self, request: ModelRequest, on_text: OnText | None) -> ModelResponse:
         raise NotImplementedError

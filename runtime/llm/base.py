@@ -98,13 +98,24 @@ class Usage:
 
 
 @attrs.frozen
+class Retries:
+    """The retries the SDK made for a call (or a turn): how many, and how long they waited."""
+
+    count: int = 0
+    waited: float = 0.0
+
+    def __add__(self, other: Retries) -> Retries:
+        return Retries(self.count + other.count, self.waited + other.waited)
+
+
+@attrs.frozen
 class ModelResponse:
     text: str
     tool_calls: tuple[ToolCall, ...]
     stop_reason: StopReason
     usage: Usage = Usage()
     model: str = ""
-    retries: int = 0
+    retries: Retries = Retries()
 
 
 OnText = Callable[[str], None]
@@ -131,7 +142,7 @@ class Provider(Protocol):
 class ProviderError(Exception):
     """Base of the errors a provider raises; the message is fit to show a person."""
 
-    def __init__(self, message: str, *, retries: int = 0) -> None:
+    def __init__(self, message: str, *, retries: Retries = Retries()) -> None:
         super().__init__(message)
         self.retries = retries
 

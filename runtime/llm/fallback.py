@@ -5,7 +5,14 @@ from collections.abc import Sequence
 
 import attrs
 
-from runtime.llm.base import ModelRequest, ModelResponse, OnText, Provider, ProviderUnavailable
+from runtime.llm.base import (
+    ModelRequest,
+    ModelResponse,
+    OnText,
+    Provider,
+    ProviderUnavailable,
+    Retries,
+)
 
 log = logging.getLogger("runtime.llm")
 
@@ -28,7 +35,7 @@ class FallbackProvider:
     async def complete(
         self, request: ModelRequest, *, on_text: OnText | None = None
     ) -> ModelResponse:
-        retries = 0
+        retries = Retries()
         for index, provider in enumerate(self._providers):
             try:
                 response = await provider.complete(request, on_text=on_text)

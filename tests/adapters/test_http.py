@@ -227,3 +227,31 @@ async def test_streaming_sends_deltas_and_tool_events_before_done(
     assert kinds[:2] == ["tool", "tool"]
     assert kinds[-1] == "done" and kinds.count("delta") > 3
     assert "Miso likes tuna" in events[-1][1]
+
+
+async def test_a_key_repeated_while_in_progress_waits_for_the_same_answer(
+    workspace: Path, client: httpx2.AsyncClient, fake_llm: tuple[FakeLLM, str]
+) -> None:
+    fake, url = fake_llm
+    fake.script(Slow(0.5, Text("answered once")))
+    config = local_config(
+        workspace, default_model="claude-x", anthropic_api_key="k", anthropic_base_url=url
+    )
+    answers: list[httpx2.Response] = []
+    async with serve_bot(config) as bot, trio.open_nursery() as nursery:
+
+        async def send() -> None:
+            answers.append(
+                await client.post(
+                    f"{bot.url}/api/message",
+                    json={"message": "hi", "session_id": "s"},
+                    headers={"Idempotency-Key": "same"},
+                )
+            )
+
+        nursery.start_soon(send)
+        await wait_until(lambda: fake.requests)
+        nursery.start_soon(send)
+    assert [a.json()["message"] for a in answers] == ["answered once", "answered once"]
+    assert len({a.json()["metadata"]["turn_id"] for a in answers}) == 1
+    assert len(fake.requests) == 1  # one turn, one model call

@@ -116,3 +116,28 @@ def test_chat_talks_to_the_bot_through_the_session_machinery(workspace: Path) ->
     assert "TestBot on offline" in result.stdout
     assert "Got it, I'll remember that." in result.stdout
     assert "- the kettle is blue" in result.stdout
+
+
+async def test_deadletters_lists_them_and_retry_puts_one_back(workspace: Path) -> None:
+    from adapters import Inbound, Reply, ReplyError
+    from adapters.http import HttpResponder
+    from runtime.botcore import Bot
+    from runtime.inbox import Inbox
+
+    async with await Bot.open(workspace) as bot:
+        inbox = Inbox(bot.db)
+        entry, _ = await inbox.accept(Inbound("http", "s", "poison pill", HttpResponder()))
+        crashed = ReplyError("crashed", "crashed 3 times, last with RuntimeError: boom")
+        await inbox.dead(entry.id, Reply("sorry", "s", "", error=crashed))
+    env = {"BOTCORE_WORKSPACE": str(workspace), "PATH": "/usr/bin:/bin"}
+    listed = await trio.to_thread.run_sync(lambda: run_cli("deadletters", env=env))
+    assert listed.returncode == 0, listed.stderr
+    assert "http:s" in listed.stdout and "poison pill" in listed.stdout and "boom" in listed.stdout
+    retried = await trio.to_thread.run_sync(
+        lambda: run_cli("deadletters", "--retry", str(entry.id), env=env)
+    )
+    assert "handled again at the next start" in retried.stdout
+    empty = await trio.to_thread.run_sync(lambda: run_cli("deadletters", env=env))
+    assert "no dead letters" in empty.stdout
+    async with await Bot.open(workspace) as bot:
+        assert [e.text for e in await Inbox(bot.db).unfinished()] == ["poison pill"]

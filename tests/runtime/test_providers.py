@@ -173,11 +173,13 @@ async def test_a_failing_tool_goes_back_flagged_as_an_error(
 async def test_rate_limits_and_overload_are_retried_and_counted(
     setup: Setup, client: httpx2.AsyncClient, status: int
 ) -> None:
-    setup.fake.script(Fail(status, "slow down", retry_after=0.01), Text("fine now"))
+    setup.fake.script(Fail(status, "slow down", retry_after=0.2), Text("fine now"))
     async with serve_bot(setup.config) as bot:
         response = await say(client, bot.url, "hi")
     assert response.status_code == 200 and response.json()["message"] == "fine now"
-    assert response.json()["metadata"]["usage"]["retries"] == 1
+    usage = response.json()["metadata"]["usage"]
+    assert usage["retries"] == 1
+    assert 150 <= usage["retry_wait_ms"] < 2000  # retry-after 0.2 s was honoured
     assert len(setup.requests()) == 2
 
 

@@ -10,6 +10,7 @@ from runtime.llm import (
     AssistantTurn,
     ModelRequest,
     ModelResponse,
+    Retries,
     StopReason,
     ToolCall,
     ToolResult,
@@ -52,7 +53,7 @@ def turn(phase: Phase, **changes: object) -> Turn:
 
 def answer(text: str = "", calls: tuple[ToolCall, ...] = (), tokens: int = 5) -> ModelAnswered:
     stop = StopReason.TOOL_USE if calls else StopReason.END_TURN
-    return ModelAnswered(ModelResponse(text, calls, stop, Usage(tokens, 1), "m", retries=1))
+    return ModelAnswered(ModelResponse(text, calls, stop, Usage(tokens, 1), "m", Retries(1, 0.5)))
 
 
 def test_received_starts_recalling_with_the_message_as_query() -> None:
@@ -77,7 +78,7 @@ def test_built_prompt_is_sent_to_the_model() -> None:
 def test_a_plain_answer_is_stored_with_its_usage() -> None:
     nxt, effect = step(turn(Phase.CALLING_MODEL, request=REQUEST), answer("hello"), LIMITS)
     assert nxt.phase is Phase.STORING and nxt.answer == "hello"
-    assert nxt.usage == Usage(5, 1) and nxt.retries == 1
+    assert nxt.usage == Usage(5, 1) and nxt.retries == Retries(1, 0.5)
     assert isinstance(effect, Store) and effect.reply.message == "hello"
 
 
