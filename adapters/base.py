@@ -10,7 +10,7 @@ Error tree of what `Deliver` may raise to a channel::
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 import attrs
 
@@ -97,6 +97,8 @@ class Accepted:
 
     inbox_id: int
     duplicate_of: Reply | None = None
+    repeat: bool = False
+    """The channel's message id was seen before: nothing new was started."""
 
 
 Deliver = Callable[[Inbound], Awaitable[Accepted]]
@@ -114,3 +116,24 @@ class Busy(ChannelError):
 
 class Unavailable(ChannelError):
     pass
+
+
+def reply_body(reply: Reply) -> dict[str, Any]:
+    """The seed's reply shape: `{message, session_id, metadata}` (plus `error` on failure)."""
+    body: dict[str, Any] = {
+        "message": reply.message,
+        "session_id": reply.session_id,
+        "metadata": {
+            "memories_recalled": reply.memories_recalled,
+            "tools_used": reply.tools_used,
+            "states": list(reply.states),
+            "turn_id": reply.turn_id,
+            "model": reply.model,
+            "usage": dict(reply.usage),
+            "duration_ms": reply.duration_ms,
+            "replayed": reply.replayed,
+        },
+    }
+    if reply.error is not None:
+        body["error"] = {"type": reply.error.kind, "message": reply.error.message}
+    return body

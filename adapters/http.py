@@ -11,8 +11,10 @@ from __future__ import annotations
 import contextlib
 import hmac
 import json
+import logging
 import math
 import re
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
@@ -27,6 +29,7 @@ from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
 from adapters.base import (
+    Accepted,
     Busy,
     Deliver,
     Inbound,
@@ -35,8 +38,19 @@ from adapters.base import (
     TextDelta,
     ToolProgress,
     Unavailable,
+    reply_body,
 )
 from adapters.ratelimit import RateLimiter
+from adapters.webhook import (
+    CallbackResponder,
+    CallbackSender,
+    SignatureError,
+    WebhookSource,
+    parse,
+    verify,
+)
+
+log = logging.getLogger("adapters.http")
 
 _SESSION_ID = re.compile(r"^[\w.:@-]{1,128}$")
 _ERROR_STATUS = {
@@ -153,27 +167,6 @@ _converter.register_structure_hook(str, _exactly(str))
 _converter.register_structure_hook(bool, _exactly(bool))
 
 
-def reply_body(reply: Reply) -> dict[str, Any]:
-    """The seed's reply shape: `{message, session_id, metadata}` (plus `error` on failure)."""
-    body: dict[str, Any] = {
-        "message": reply.message,
-        "session_id": reply.session_id,
-        "metadata": {
-            "memories_recalled": reply.memories_recalled,
-            "tools_used": reply.tools_used,
-            "states": list(reply.states),
-            "turn_id": reply.turn_id,
-            "model": reply.model,
-            "usage": dict(reply.usage),
-            "duration_ms": reply.duration_ms,
-            "replayed": reply.replayed,
-        },
-    }
-    if reply.error is not None:
-        body["error"] = {"type": reply.error.kind, "message": reply.error.message}
-    return body
-
-
 def reply_status(reply: Reply) -> int:
     return 200 if reply.error is None else _ERROR_STATUS.get(reply.error.kind, 500)
 
@@ -184,6 +177,8 @@ def create_app(
     *,
     health: Callable[[], Awaitable[tuple[int, dict[str, Any]]]] | None = None,
     metrics: Callable[[], str] | None = None,
+    webhooks: Mapping[str, WebhookSource] | None = None,
+    callbacks: CallbackSender | None = None,
 ) -> QuartTrio:
     app = QuartTrio("botcorebot")
     clients = (
@@ -210,7 +205,9 @@ def create_app(
 
     @app.before_request
     async def authenticate() -> None:
-        if settings.api_token is None or request.path in ("/healthz", "/readyz"):
+        # Webhooks are authenticated by their signature instead.
+        public = request.path in ("/healthz", "/readyz") or request.path.startswith("/webhooks/")
+        if settings.api_token is None or public:
             return
         header = request.headers.get("Authorization", "")
         scheme, _, token = header.partition(" ")
@@ -264,13 +261,7 @@ def create_app(
             message_id=request.headers.get("Idempotency-Key") or payload.message_id,
             sender=request.remote_addr,
         )
-        try:
-            await deliver(inbound)
-        except Busy as exc:
-            retry = str(max(1, round(exc.retry_after)))
-            raise ApiError(429, "busy", str(exc), {"Retry-After": retry}) from exc
-        except Unavailable as exc:
-            raise ApiError(503, "unavailable", str(exc), {"Retry-After": "5"}) from exc
+        await _deliver(deliver, inbound)
         if isinstance(responder, StreamingResponder):
             return Response(
                 responder.events(settings.reply_timeout),
@@ -288,7 +279,53 @@ def create_app(
             "answered, retry with the same Idempotency-Key to get the answer",
         )
 
+    @app.post("/webhooks/<name>")
+    async def webhook(name: str) -> Response:
+        source = (webhooks or {}).get(name)
+        if source is None:
+            raise ApiError(404, "not_found", f"no webhook source {name!r} is configured")
+        body = await request.get_data(as_text=False)
+        assert isinstance(body, bytes)
+        try:
+            delivery = verify(source, dict(request.headers), body, time.time())
+        except SignatureError as exc:
+            log.warning("webhook %s refused: %s", name, exc)
+            raise ApiError(
+                401, "invalid_signature", "the webhook signature is missing, wrong or stale"
+            ) from None
+        try:
+            text, session = parse(source, body)
+        except ValueError as exc:
+            raise ApiError(400, "invalid_request", str(exc)) from None
+        if source.callback is not None and callbacks is not None:
+            responder: HttpResponder | CallbackResponder = CallbackResponder(
+                callbacks, source, delivery
+            )
+        else:
+            responder = HttpResponder()
+        inbound = Inbound("webhook", session, text, responder, message_id=delivery, sender=name)
+        accepted = await _deliver(deliver, inbound)
+        if accepted.repeat:
+            return _json({"status": "duplicate", "id": delivery}, 200)
+        if isinstance(responder, CallbackResponder):
+            return _json({"status": "accepted", "id": delivery}, 202)
+        with trio.move_on_after(settings.reply_timeout):
+            reply = await responder.wait()
+            return _json(reply_body(reply), reply_status(reply))
+        raise ApiError(504, "timeout", f"no reply within {settings.reply_timeout:g}s")
+
     return app
+
+
+async def _deliver(deliver: Deliver, inbound: Inbound) -> Accepted:
+    """`deliver`, with the runtime's refusals as HTTP errors."""
+    try:
+        return await deliver(inbound)
+    except Busy as exc:
+        retry = str(max(1, round(exc.retry_after)))
+        raise ApiError(429, "busy", str(exc), {"Retry-After": retry}) from exc
+    except Unavailable as exc:
+        raise ApiError(503, "unavailable", str(exc), {"Retry-After": "5"}) from exc
 
 
 async def _read_message(settings: HttpSettings) -> MessageRequest:

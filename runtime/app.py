@@ -14,6 +14,7 @@ from actors import ActorCrashed, ActorStopped, MailboxFull, Registry, RestartPol
 from adapters import Accepted, Busy, Inbound, Progress, Reply, ReplyError, Responder, Unavailable
 from adapters.http import HttpSettings, create_app, serve_http
 from adapters.ratelimit import RateLimiter
+from adapters.webhook import CallbackSender, WebhookSource
 from runtime.botcore import Bot
 from runtime.config import Config
 from runtime.inbox import Inbox, InboxEntry
@@ -205,12 +206,12 @@ class Runtime:
         if entry.reply is not None:
             replayed = attrs.evolve(entry.reply, replayed=True)
             responder.reply(replayed)
-            return Accepted(entry.id, duplicate_of=replayed)
+            return Accepted(entry.id, duplicate_of=replayed, repeat=True)
         waiting = self._waiting.get(entry.id)
         if waiting is None:
             raise Busy("that message is still being handled; retry shortly", retry_after=1.0)
         waiting.add(responder)
-        return Accepted(entry.id)
+        return Accepted(entry.id, repeat=True)
 
     async def _recover(self, responders: RecoveryResponders) -> int:
         entries = await self.inbox.unfinished()
@@ -310,6 +311,18 @@ async def serve(
     provider = open_model(config)
     try:
         runtime = Runtime(config, bot, provider)
+        webhooks = {
+            name: WebhookSource(
+                name,
+                hook.secret or "",
+                hook.scheme,
+                hook.text,
+                hook.session,
+                hook.callback,
+            )
+            for name, hook in config.webhooks.items()
+        }
+        callbacks = CallbackSender()
         app = create_app(
             runtime.deliver,
             HttpSettings(
@@ -321,10 +334,13 @@ async def serve(
             ),
             health=runtime.health,
             metrics=runtime.metrics.render,
+            webhooks=webhooks,
+            callbacks=callbacks,
         )
         http_stopped = trio.Event()
         async with trio.open_nursery() as nursery:
             drained = trio.Event()
+            await nursery.start(callbacks.run)
 
             async def run_runtime(task_status: trio.TaskStatus[None]) -> None:
                 await runtime.run(task_status=task_status)

@@ -7,7 +7,7 @@ import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import attrs
 import cattrs
@@ -22,6 +22,19 @@ class ConfigError(Exception):
 def _positive(instance: object, attribute: attrs.Attribute[Any], value: float) -> None:
     if value <= 0:
         raise ValueError(f"{attribute.name.upper()} must be positive, got {value}")
+
+
+@attrs.frozen
+class WebhookSettings:
+    """A `[webhooks.NAME]` table of botcore.toml; see `adapters.webhook.WebhookSource`."""
+
+    secret: str | None = attrs.field(default=None, repr=False)
+    secret_env: str | None = None
+    """The environment variable holding the secret, to keep it out of the file."""
+    scheme: Literal["standard", "github"] = "standard"
+    text: str = "message"
+    session: str | None = None
+    callback: str | None = None
 
 
 @attrs.frozen
@@ -58,6 +71,7 @@ class Config:
     turn_timeout_seconds: float = attrs.field(default=120.0, validator=_positive)
     tool_timeout_seconds: float = attrs.field(default=30.0, validator=_positive)
     shutdown_grace_seconds: float = attrs.field(default=10.0, validator=_positive)
+    webhooks: dict[str, WebhookSettings] = attrs.field(factory=dict)
 
     @property
     def secrets(self) -> tuple[str | None, ...]:
@@ -66,6 +80,7 @@ class Config:
             self.openai_api_key,
             self.telegram_bot_token,
             self.botcore_api_token,
+            *(hook.secret for hook in self.webhooks.values()),
         )
 
     @property
@@ -90,17 +105,32 @@ class Config:
             unknown = sorted(set(values) - names)
             if unknown:
                 raise ConfigError(f"{file}: unknown setting(s) {', '.join(unknown)}")
-        for name in names:
+        for name in names - {"webhooks"}:
             raw = environ.get(name.upper())
             if raw is not None and raw.strip() != "":
                 values[name] = raw.strip()
         values["workspace"] = str(root)
         try:
-            return _converter.structure(values, cls)
+            config = _converter.structure(values, cls)
         except cattrs.ClassValidationError as exc:
             raise ConfigError("invalid configuration: " + "; ".join(_explain(exc))) from None
         except ValueError as exc:
             raise ConfigError(f"invalid configuration: {exc}") from None
+        return attrs.evolve(config, webhooks=_webhook_secrets(config.webhooks, environ))
+
+
+def _webhook_secrets(
+    hooks: dict[str, WebhookSettings], environ: Mapping[str, str]
+) -> dict[str, WebhookSettings]:
+    """Each source with its secret in place (read from `secret_env` where given)."""
+    resolved = {}
+    for name, hook in hooks.items():
+        secret = environ.get(hook.secret_env, "") if hook.secret_env else hook.secret
+        if not secret:
+            where = f"${hook.secret_env}" if hook.secret_env else "secret"
+            raise ConfigError(f"webhook source {name!r} has no secret: set {where}")
+        resolved[name] = attrs.evolve(hook, secret=secret)
+    return resolved
 
 
 def _explain(exc: cattrs.ClassValidationError) -> list[str]:

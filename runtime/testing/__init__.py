@@ -12,6 +12,7 @@ from runtime.testing.bot import (
     serve_bot,
 )
 from runtime.testing.process import BotProcess, bot_process, free_port
+from runtime.testing.receiver import Received, Receiver, open_receiver
 from runtime.testing.waiting import wait_until
 
 if TYPE_CHECKING:
@@ -59,6 +60,8 @@ __all__ = [
     "Fail",
     "FakeLLM",
     "Malformed",
+    "Received",
+    "Receiver",
     "RecordedRequest",
     "RunningBot",
     "Slow",
@@ -70,6 +73,7 @@ __all__ = [
     "local_config",
     "make_workspace",
     "open_fake_llm",
+    "open_receiver",
     "open_runtime",
     "serve_bot",
     "serve_fake_llm",

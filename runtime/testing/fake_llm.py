@@ -20,22 +20,17 @@ import argparse
 import contextlib
 import itertools
 import json
-import logging
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import asynccontextmanager
-from functools import partial
-from typing import Any, cast
+from typing import Any
 
 import attrs
 import trio
-from hypercorn.config import Config as HypercornConfig
-from hypercorn.trio import serve
+
+from runtime.testing.local import Receive, Scope, Send, serve_local
 
 JSON = dict[str, Any]
-Scope = dict[str, Any]
-Receive = Callable[[], Awaitable[dict[str, Any]]]
-Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 
 @attrs.frozen
@@ -515,15 +510,7 @@ async def serve_fake_llm(
     task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve `fake` until cancelled; reports its base URL (`http://127.0.0.1:PORT`)."""
-    config = HypercornConfig()
-    config.bind = [f"{host}:{port}"]
-    config.accesslog = None
-    config.errorlog = None
-    config.graceful_timeout = 0.1
-    logging.getLogger("hypercorn.error").setLevel(logging.CRITICAL)
-    async with trio.open_nursery() as nursery:
-        bound: list[str] = await nursery.start(partial(serve, cast(Any, fake), config))
-        task_status.started(bound[0])
+    await serve_local(fake, host, port, task_status=task_status)
 
 
 @asynccontextmanager

@@ -1,0 +1,221 @@
+"""Signed webhooks: `POST /webhooks/<source>` on the HTTP server.
+
+Signatures are checked before anything else, with constant-time comparison:
+
+* Standard Webhooks: `webhook-id`, `webhook-timestamp`, `webhook-signature: v1,<base64>` where
+  the signature is HMAC-SHA256 of `"{id}.{timestamp}.{body}"` keyed by the secret
+  (`whsec_<base64>`); several space-separated signatures are allowed (key rotation); the
+  timestamp must be within 5 minutes.
+* GitHub: `X-Hub-Signature-256: sha256=<hex HMAC-SHA256 of the body>`, id `X-GitHub-Delivery`.
+
+A delivery id seen before is acknowledged (200) and not processed again.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import json
+import logging
+import math
+import random
+import time
+from collections.abc import Mapping
+from typing import Any, Literal
+
+import attrs
+import httpx2
+import trio
+
+from adapters.base import Progress, Reply, reply_body
+
+log = logging.getLogger("adapters.webhook")
+
+TOLERANCE_SECONDS = 300
+
+Scheme = Literal["standard", "github"]
+
+
+class SignatureError(Exception):
+    """The request is not signed by the source's secret; the message says why (for logs)."""
+
+
+@attrs.frozen
+class WebhookSource:
+    """A configured sender: how it signs, where its text is, where the reply goes."""
+
+    name: str
+    secret: str = attrs.field(repr=False)
+    scheme: Scheme = "standard"
+    text: str = "message"
+    """Where the message text is in the JSON body: a dotted path or a JSON pointer."""
+    session: str | None = None
+    """Where a session id is in the body (same syntax); without it, one session per source."""
+    callback: str | None = None
+    """Post the reply there (signed the same way) and answer 202 at once."""
+
+
+def _standard_key(secret: str) -> bytes:
+    encoded = secret.removeprefix("whsec_")
+    try:
+        return base64.b64decode(encoded, validate=True)
+    except (binascii.Error, ValueError):
+        raise SignatureError("the source's secret is not whsec_<base64>") from None
+
+
+def sign_standard(secret: str, message_id: str, timestamp: int, body: bytes) -> str:
+    """The `webhook-signature` header value for a Standard Webhooks message."""
+    signed = f"{message_id}.{timestamp}.".encode() + body
+    digest = hmac.new(_standard_key(secret), signed, hashlib.sha256).digest()
+    return "v1," + base64.b64encode(digest).decode()
+
+
+def sign_github(secret: str, body: bytes) -> str:
+    """The `X-Hub-Signature-256` header value for a GitHub delivery."""
+    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+def verify(source: WebhookSource, headers: Mapping[str, str], body: bytes, now: float) -> str:
+    """Check the signature; the delivery id to deduplicate on, or `SignatureError`."""
+    lowered = {k.lower(): v for k, v in headers.items()}
+    if source.scheme == "github":
+        given = lowered.get("x-hub-signature-256", "")
+        if not given:
+            raise SignatureError("missing X-Hub-Signature-256")
+        if not hmac.compare_digest(given.encode(), sign_github(source.secret, body).encode()):
+            raise SignatureError("X-Hub-Signature-256 does not match the body")
+        delivery = lowered.get("x-github-delivery")
+        if not delivery:
+            raise SignatureError("missing X-GitHub-Delivery")
+        return delivery
+    message_id = lowered.get("webhook-id", "")
+    stamp = lowered.get("webhook-timestamp", "")
+    signatures = lowered.get("webhook-signature", "")
+    if not (message_id and stamp and signatures):
+        raise SignatureError("missing webhook-id, webhook-timestamp or webhook-signature")
+    try:
+        timestamp = int(stamp)
+    except ValueError:
+        raise SignatureError("webhook-timestamp is not an integer") from None
+    if abs(now - timestamp) > TOLERANCE_SECONDS:
+        raise SignatureError("webhook-timestamp is more than 5 minutes away from now")
+    expected = sign_standard(source.secret, message_id, timestamp, body).encode()
+    for candidate in signatures.split():
+        if hmac.compare_digest(candidate.encode(), expected):
+            return message_id
+    raise SignatureError("webhook-signature does not match")
+
+
+def extract(body: object, path: str) -> object:
+    """The value at a dotted path (`a.b.0`) or a JSON pointer (`/a/b/0`), or KeyError."""
+    parts = (
+        [p.replace("~1", "/").replace("~0", "~") for p in path[1:].split("/")]
+        if path.startswith("/")
+        else path.split(".")
+    )
+    value = body
+    for part in parts:
+        if isinstance(value, dict) and part in value:
+            value = value[part]
+        elif isinstance(value, list) and part.isdigit() and int(part) < len(value):
+            value = value[int(part)]
+        else:
+            raise KeyError(path)
+    return value
+
+
+def parse(source: WebhookSource, body: bytes) -> tuple[str, str]:
+    """(text, session id) from a verified body; ValueError says what is missing."""
+    try:
+        data = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"the body is not valid JSON: {exc}") from None
+    try:
+        text = extract(data, source.text)
+    except KeyError:
+        raise ValueError(f"no message text at {source.text!r} in the body") from None
+    if not isinstance(text, str) or not text.strip():
+        raise ValueError(f"the value at {source.text!r} must be a non-empty string")
+    session = source.name
+    if source.session is not None:
+        try:
+            session = f"{source.name}:{extract(data, source.session)}"
+        except KeyError:
+            raise ValueError(f"no session id at {source.session!r} in the body") from None
+    return text, session
+
+
+@attrs.frozen
+class _Callback:
+    source: WebhookSource
+    delivery: str
+    body: bytes
+
+
+class CallbackSender:
+    """Posts replies to the sources' callback URLs, signed like the webhook, from its own
+    task: up to `attempts` tries with exponential backoff and jitter on errors and 5xx."""
+
+    def __init__(self, *, attempts: int = 5, backoff: float = 0.5, timeout: float = 10.0) -> None:
+        self._attempts, self._backoff, self._timeout = attempts, backoff, timeout
+        self._send, self._receive = trio.open_memory_channel[_Callback](math.inf)
+
+    def submit(self, source: WebhookSource, delivery: str, body: Mapping[str, Any]) -> None:
+        data = json.dumps(body, ensure_ascii=False).encode()
+        self._send.send_nowait(_Callback(source, delivery, data))
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with (
+            httpx2.AsyncClient(timeout=self._timeout) as client,
+            trio.open_nursery() as posts,
+        ):
+            task_status.started()
+            async for callback in self._receive:
+                posts.start_soon(self._post, client, callback)
+
+    async def _post(self, client: httpx2.AsyncClient, callback: _Callback) -> None:
+        source = callback.source
+        assert source.callback is not None
+        for attempt in range(self._attempts):
+            headers = {"Content-Type": "application/json"}
+            if source.scheme == "github":
+                headers["X-Hub-Signature-256"] = sign_github(source.secret, callback.body)
+            else:
+                stamp = int(time.time())
+                headers |= {
+                    "webhook-id": f"reply-{callback.delivery}",
+                    "webhook-timestamp": str(stamp),
+                    "webhook-signature": sign_standard(
+                        source.secret, f"reply-{callback.delivery}", stamp, callback.body
+                    ),
+                }
+            try:
+                response = await client.post(
+                    source.callback, content=callback.body, headers=headers
+                )
+                if response.status_code < 500:
+                    if response.status_code >= 400:
+                        log.warning("callback of %s refused: %d", source.name, response.status_code)
+                    return
+                problem = f"HTTP {response.status_code}"
+            except httpx2.HTTPError as exc:
+                problem = f"{type(exc).__name__}: {exc}"
+            wait = self._backoff * 2**attempt * (1 + random.random() * 0.2)
+            log.warning("callback of %s failed (%s); retry in %.1fs", source.name, problem, wait)
+            await trio.sleep(wait)
+        log.error("callback of %s gave up after %d attempts", source.name, self._attempts)
+
+
+class CallbackResponder:
+    """The reply of a webhook with a callback URL goes there instead of the response."""
+
+    def __init__(self, sender: CallbackSender, source: WebhookSource, delivery: str) -> None:
+        self._sender, self._source, self._delivery = sender, source, delivery
+
+    def reply(self, reply: Reply) -> None:
+        self._sender.submit(self._source, self._delivery, reply_body(reply))
+
+    def progress(self, event: Progress) -> None:
+        pass

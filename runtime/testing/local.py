@@ -1,0 +1,35 @@
+"""Serving a small ASGI app on 127.0.0.1 for tests (the fakes and the receiver use it)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from functools import partial
+from typing import Any, cast
+
+import trio
+from hypercorn.config import Config as HypercornConfig
+from hypercorn.trio import serve
+
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+async def serve_local(
+    app: Callable[[Scope, Receive, Send], Awaitable[None]],
+    host: str = "127.0.0.1",
+    port: int = 0,
+    *,
+    task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve an ASGI `app` until cancelled; reports its base URL (`http://127.0.0.1:PORT`)."""
+    config = HypercornConfig()
+    config.bind = [f"{host}:{port}"]
+    config.accesslog = None
+    config.errorlog = None
+    config.graceful_timeout = 0.1
+    logging.getLogger("hypercorn.error").setLevel(logging.CRITICAL)
+    async with trio.open_nursery() as nursery:
+        bound: list[str] = await nursery.start(partial(serve, cast(Any, app), config))
+        task_status.started(bound[0])

@@ -1,0 +1,57 @@
+"""A local HTTP endpoint that records what is POSTed to it (webhook callbacks, for instance)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import attrs
+import trio
+
+from runtime.testing.local import Receive, Scope, Send, serve_local
+
+
+@attrs.frozen
+class Received:
+    path: str
+    headers: dict[str, str]
+    body: bytes
+
+
+class Receiver:
+    """Records each request; the first `failures` get a 503, to exercise retries."""
+
+    def __init__(self, *, failures: int = 0) -> None:
+        self.received: list[Received] = []
+        self.failures = failures
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            message: dict[str, Any] = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+                message = await receive()
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        body = b""
+        while True:
+            event = await receive()
+            body += event.get("body", b"")
+            if not event.get("more_body"):
+                break
+        headers = {k.decode().lower(): v.decode() for k, v in scope["headers"]}
+        self.received.append(Received(scope["path"], headers, body))
+        status = 503 if self.failures > 0 else 200
+        self.failures -= 1
+        await send({"type": "http.response.start", "status": status, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+
+@asynccontextmanager
+async def open_receiver(receiver: Receiver) -> AsyncIterator[str]:
+    """Serve `receiver` on a free port of 127.0.0.1 for the block; yields its URL."""
+    async with trio.open_nursery() as nursery:
+        url: str = await nursery.start(serve_local, receiver)
+        yield url
+        nursery.cancel_scope.cancel()
