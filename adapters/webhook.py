@@ -164,7 +164,14 @@ class CallbackSender:
 
     def submit(self, source: WebhookSource, delivery: str, body: Mapping[str, Any]) -> None:
         data = json.dumps(body, ensure_ascii=False).encode()
-        self._send.send_nowait(_Callback(source, delivery, data))
+        try:
+            self._send.send_nowait(_Callback(source, delivery, data))
+        except trio.ClosedResourceError:
+            log.error("callback of %s for %s dropped: shutting down", source.name, delivery)
+
+    def close(self) -> None:
+        """Take no more callbacks; `run` returns once the posts under way are done."""
+        self._send.close()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with (

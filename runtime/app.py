@@ -376,6 +376,7 @@ async def serve(
                     "turns still running after the grace period are cancelled; they stay in the inbox"
                 )
             http_stopped.set()
+            callbacks.close()
             nursery.cancel_scope.deadline = trio.current_time() + config.shutdown_grace_seconds
     finally:
         with trio.CancelScope(shield=True):
