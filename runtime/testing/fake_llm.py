@@ -28,7 +28,14 @@ from typing import Any
 import attrs
 import trio
 
-from runtime.testing.local import Receive, Scope, Send, serve_local
+from runtime.testing.local import (
+    Receive,
+    Scope,
+    Send,
+    answer_lifespan,
+    read_body,
+    serve_local,
+)
 
 JSON = dict[str, Any]
 
@@ -113,19 +120,9 @@ class FakeLLM:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
-            while True:
-                event = (await receive())["type"]
-                if event == "lifespan.startup":
-                    await send({"type": "lifespan.startup.complete"})
-                elif event == "lifespan.shutdown":
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
-        body = b""
-        while True:
-            message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body"):
-                break
+            await answer_lifespan(receive, send)
+            return
+        body = await read_body(receive)
         path = scope["path"]
         protocol = (
             "anthropic"

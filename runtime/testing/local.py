@@ -33,3 +33,24 @@ async def serve_local(
     async with trio.open_nursery() as nursery:
         bound: list[str] = await nursery.start(partial(serve, cast(Any, app), config))
         task_status.started(bound[0])
+
+
+async def answer_lifespan(receive: Receive, send: Send) -> None:
+    """Complete the ASGI lifespan handshake (startup, then shutdown)."""
+    while True:
+        event = (await receive())["type"]
+        if event == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif event == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+
+
+async def read_body(receive: Receive) -> bytes:
+    """The whole request body."""
+    body = b""
+    while True:
+        message = await receive()
+        body += message.get("body", b"")
+        if not message.get("more_body"):
+            return body

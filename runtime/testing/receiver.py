@@ -4,12 +4,18 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
 
 import attrs
 import trio
 
-from runtime.testing.local import Receive, Scope, Send, serve_local
+from runtime.testing.local import (
+    Receive,
+    Scope,
+    Send,
+    answer_lifespan,
+    read_body,
+    serve_local,
+)
 
 
 @attrs.frozen
@@ -27,19 +33,10 @@ class Receiver:
         self.failures = failures
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            message: dict[str, Any] = await receive()
-            if message["type"] == "lifespan.startup":
-                await send({"type": "lifespan.startup.complete"})
-                message = await receive()
-            await send({"type": "lifespan.shutdown.complete"})
+        if scope["type"] == "lifespan":
+            await answer_lifespan(receive, send)
             return
-        body = b""
-        while True:
-            event = await receive()
-            body += event.get("body", b"")
-            if not event.get("more_body"):
-                break
+        body = await read_body(receive)
         headers = {k.decode().lower(): v.decode() for k, v in scope["headers"]}
         self.received.append(Received(scope["path"], headers, body))
         status = 503 if self.failures > 0 else 200
