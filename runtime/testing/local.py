@@ -48,9 +48,9 @@ async def answer_lifespan(receive: Receive, send: Send) -> None:
 
 async def read_body(receive: Receive) -> bytes:
     """The whole request body."""
-    body = b""
+    body = bytearray()
     while True:
         message = await receive()
         body += message.get("body", b"")
         if not message.get("more_body"):
-            return body
+            return bytes(body)
