@@ -6,7 +6,7 @@ from pathlib import Path
 import httpx2
 import pytest
 
-from runtime.testing import FakeLLM, make_workspace, open_fake_llm
+from runtime.testing import FakeLLM, make_workspace, open_local
 
 
 @pytest.fixture
@@ -17,7 +17,7 @@ def workspace(tmp_path: Path) -> Path:
 @pytest.fixture
 async def fake_llm() -> AsyncIterator[tuple[FakeLLM, str]]:
     fake = FakeLLM()
-    async with open_fake_llm(fake) as url:
+    async with open_local(fake) as url:
         yield fake, url
 
 

@@ -11,8 +11,9 @@ from runtime.testing.bot import (
     open_runtime,
     serve_bot,
 )
+from runtime.testing.local import open_local, serve_local
 from runtime.testing.process import BotProcess, bot_process, free_port
-from runtime.testing.receiver import Received, Receiver, open_receiver
+from runtime.testing.receiver import Received, Receiver
 from runtime.testing.waiting import wait_until
 
 if TYPE_CHECKING:
@@ -25,8 +26,6 @@ if TYPE_CHECKING:
         Slow,
         Text,
         ToolUse,
-        open_fake_llm,
-        serve_fake_llm,
     )
 
 _FAKE_LLM = {
@@ -38,8 +37,6 @@ _FAKE_LLM = {
     "Slow",
     "Text",
     "ToolUse",
-    "open_fake_llm",
-    "serve_fake_llm",
 }
 
 
@@ -72,10 +69,9 @@ __all__ = [
     "free_port",
     "local_config",
     "make_workspace",
-    "open_fake_llm",
-    "open_receiver",
+    "open_local",
     "open_runtime",
     "serve_bot",
-    "serve_fake_llm",
+    "serve_local",
     "wait_until",
 ]

@@ -7,7 +7,7 @@ answers, inject failures, and read back every request it received::
 
     fake = FakeLLM()
     fake.script(ToolUse(("memory_store", {"content": "Miso"})), Text("Noted."))
-    async with open_fake_llm(fake) as url:
+    async with open_local(fake) as url:
         ...  # ANTHROPIC_BASE_URL=url, OPENAI_BASE_URL=url + "/v1"
 
 With nothing scripted it answers `ok: <the last user text>` after `delay` seconds, which is
@@ -21,8 +21,7 @@ import contextlib
 import itertools
 import json
 from collections import deque
-from collections.abc import AsyncIterator, Iterable, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import attrs
@@ -499,26 +498,6 @@ class _OpenAI(_Wire):
         return out
 
 
-async def serve_fake_llm(
-    fake: FakeLLM,
-    host: str = "127.0.0.1",
-    port: int = 0,
-    *,
-    task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
-) -> None:
-    """Serve `fake` until cancelled; reports its base URL (`http://127.0.0.1:PORT`)."""
-    await serve_local(fake, host, port, task_status=task_status)
-
-
-@asynccontextmanager
-async def open_fake_llm(fake: FakeLLM) -> AsyncIterator[str]:
-    """Run `fake` on a free port of 127.0.0.1 for the `async with` block; yields its URL."""
-    async with trio.open_nursery() as nursery:
-        url: str = await nursery.start(serve_fake_llm, fake)
-        yield url
-        nursery.cancel_scope.cancel()
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description="Serve a fake Anthropic + OpenAI API on 127.0.0.1")
     parser.add_argument("--port", type=int, default=8099)
@@ -528,7 +507,7 @@ def main() -> None:
 
     async def run() -> None:
         async with trio.open_nursery() as nursery:
-            url = await nursery.start(serve_fake_llm, fake, "127.0.0.1", args.port)
+            url = await nursery.start(serve_local, fake, "127.0.0.1", args.port)
             print(f"fake LLM on {url} (Anthropic: {url}, OpenAI: {url}/v1)", flush=True)
 
     with contextlib.suppress(KeyboardInterrupt):

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from functools import partial
 from typing import Any, cast
 
@@ -54,3 +55,13 @@ async def read_body(receive: Receive) -> bytes:
         body += message.get("body", b"")
         if not message.get("more_body"):
             return bytes(body)
+
+
+@asynccontextmanager
+async def open_local(app: Callable[[Scope, Receive, Send], Awaitable[None]]) -> AsyncIterator[str]:
+    """Serve an ASGI `app` on a free port of 127.0.0.1 for the `async with` block; yields its
+    base URL. The fake model server and the callback receiver both run this way."""
+    async with trio.open_nursery() as nursery:
+        url: str = await nursery.start(serve_local, app)
+        yield url
+        nursery.cancel_scope.cancel()

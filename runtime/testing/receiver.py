@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-
 import attrs
-import trio
 
 from runtime.testing.local import (
     Receive,
@@ -14,7 +10,6 @@ from runtime.testing.local import (
     Send,
     answer_lifespan,
     read_body,
-    serve_local,
 )
 
 
@@ -43,12 +38,3 @@ class Receiver:
         self.failures -= 1
         await send({"type": "http.response.start", "status": status, "headers": []})
         await send({"type": "http.response.body", "body": b""})
-
-
-@asynccontextmanager
-async def open_receiver(receiver: Receiver) -> AsyncIterator[str]:
-    """Serve `receiver` on a free port of 127.0.0.1 for the block; yields its URL."""
-    async with trio.open_nursery() as nursery:
-        url: str = await nursery.start(serve_local, receiver)
-        yield url
-        nursery.cancel_scope.cancel()

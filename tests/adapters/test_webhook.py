@@ -21,7 +21,7 @@ from adapters.webhook import (
     verify,
 )
 from runtime.config import WebhookSettings
-from runtime.testing import Receiver, local_config, open_receiver, serve_bot, wait_until
+from runtime.testing import Receiver, local_config, open_local, serve_bot, wait_until
 
 SECRET = "whsec_" + base64.b64encode(b"a-shared-secret-of-some-length").decode()
 STANDARD = WebhookSource("app", SECRET, "standard", "data.text", "data.user")
@@ -172,7 +172,7 @@ async def test_the_reply_goes_to_the_callback_signed_with_retries(
     workspace: Path, client: httpx2.AsyncClient
 ) -> None:
     receiver = Receiver(failures=1)
-    async with open_receiver(receiver) as callback:
+    async with open_local(receiver) as callback:
         config = local_config(workspace, webhooks=hooks(callback=f"{callback}/replies"))
         async with serve_bot(config) as bot:
             response = await client.post(

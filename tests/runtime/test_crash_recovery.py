@@ -8,7 +8,7 @@ from pathlib import Path
 import httpx2
 import trio
 
-from runtime.testing import FakeLLM, bot_process, open_fake_llm, wait_until
+from runtime.testing import FakeLLM, bot_process, open_local, wait_until
 
 SESSIONS, MESSAGES = 6, 5
 
@@ -21,7 +21,7 @@ async def test_kill_9_mid_load_then_retry_every_key_answers_each_exactly_once(
     workspace: Path,
 ) -> None:
     fake = FakeLLM(delay=0.05)
-    async with open_fake_llm(fake) as url:
+    async with open_local(fake) as url:
         env = {"DEFAULT_MODEL": "claude-x", "ANTHROPIC_API_KEY": "k", "ANTHROPIC_BASE_URL": url}
         before: dict[str, dict[str, object]] = {}
 

@@ -23,7 +23,7 @@ from runtime.testing import (
     free_port,
     local_config,
     serve_bot,
-    serve_fake_llm,
+    serve_local,
 )
 
 PROVIDERS = ["anthropic", "openai"]
@@ -293,7 +293,7 @@ async def test_a_provider_that_goes_down_gives_clear_errors_and_recovers_when_ba
         down = await say(client, bot.url, "anyone there?")
         fake = FakeLLM()
         async with trio.open_nursery() as nursery:
-            await nursery.start(serve_fake_llm, fake, "127.0.0.1", port)
+            await nursery.start(serve_local, fake, "127.0.0.1", port)
             back = await say(client, bot.url, "and now?")
             nursery.cancel_scope.cancel()
     assert down.status_code == 502
@@ -308,7 +308,7 @@ async def test_readiness_says_when_the_model_cannot_be_reached(
     async with serve_bot(config) as bot:
         down = await client.get(f"{bot.url}/readyz")
         async with trio.open_nursery() as nursery:
-            await nursery.start(serve_fake_llm, FakeLLM(), "127.0.0.1", port)
+            await nursery.start(serve_local, FakeLLM(), "127.0.0.1", port)
             up = await client.get(f"{bot.url}/readyz")
             nursery.cancel_scope.cancel()
     assert down.status_code == 503
