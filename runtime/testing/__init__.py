@@ -5,7 +5,6 @@ from typing import TYPE_CHECKING, Any
 from runtime.testing.bot import (
     CrashOn,
     RunningBot,
-    copy_demo_bot,
     local_config,
     make_workspace,
     open_runtime,
@@ -65,7 +64,6 @@ __all__ = [
     "Text",
     "ToolUse",
     "bot_process",
-    "copy_demo_bot",
     "free_port",
     "local_config",
     "make_workspace",

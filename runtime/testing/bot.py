@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -18,18 +17,11 @@ from runtime.config import Config
 from runtime.llm import ModelRequest, ModelResponse, OnText, Provider, UserText
 from runtime.llm.offline import OfflineModel
 
-DEMO_BOT = Path(__file__).resolve().parents[2] / "examples" / "demo-bot"
-
 
 def make_workspace(directory: Path, identity: str = "- **Name:** TestBot\n") -> Path:
     """A workspace with an IDENTITY.md naming the bot (TestBot unless told)."""
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "IDENTITY.md").write_text(identity, encoding="utf-8")
-    return directory
-
-
-def copy_demo_bot(directory: Path) -> Path:
-    shutil.copytree(DEMO_BOT, directory, dirs_exist_ok=True)
     return directory
 
 

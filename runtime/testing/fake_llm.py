@@ -110,10 +110,6 @@ class FakeLLM:
         """Queue answers; each request takes the next one. Empty: the default echo answer."""
         self._script.extend(steps)
 
-    @property
-    def pending(self) -> int:
-        return len(self._script)
-
     def requests_for(self, protocol: str) -> list[RecordedRequest]:
         return [r for r in self.requests if r.protocol == protocol]
 
