@@ -16,7 +16,7 @@ import math
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from typing import Any
 
 import attrs
@@ -29,7 +29,6 @@ from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
 from adapters.base import (
-    Accepted,
     Busy,
     Deliver,
     Inbound,
@@ -41,6 +40,7 @@ from adapters.base import (
     reply_body,
 )
 from adapters.ratelimit import RateLimiter
+from adapters.telegram import TelegramWebhook
 from adapters.webhook import (
     CallbackResponder,
     CallbackSender,
@@ -179,6 +179,7 @@ def create_app(
     metrics: Callable[[], str] | None = None,
     webhooks: Mapping[str, WebhookSource] | None = None,
     callbacks: CallbackSender | None = None,
+    telegram: TelegramWebhook | None = None,
 ) -> QuartTrio:
     app = QuartTrio("botcorebot")
     clients = (
@@ -206,7 +207,9 @@ def create_app(
     @app.before_request
     async def authenticate() -> None:
         # Webhooks are authenticated by their signature instead.
-        public = request.path in ("/healthz", "/readyz") or request.path.startswith("/webhooks/")
+        public = request.path in ("/healthz", "/readyz", "/telegram/webhook") or (
+            request.path.startswith("/webhooks/")
+        )
         if settings.api_token is None or public:
             return
         header = request.headers.get("Authorization", "")
@@ -261,7 +264,8 @@ def create_app(
             message_id=request.headers.get("Idempotency-Key") or payload.message_id,
             sender=request.remote_addr,
         )
-        await _deliver(deliver, inbound)
+        with _refusals():
+            await deliver(inbound)
         if isinstance(responder, StreamingResponder):
             return Response(
                 responder.events(settings.reply_timeout),
@@ -304,7 +308,8 @@ def create_app(
         else:
             responder = HttpResponder()
         inbound = Inbound("webhook", session, text, responder, message_id=delivery, sender=name)
-        accepted = await _deliver(deliver, inbound)
+        with _refusals():
+            accepted = await deliver(inbound)
         if accepted.repeat:
             return _json({"status": "duplicate", "id": delivery}, 200)
         if isinstance(responder, CallbackResponder):
@@ -314,13 +319,31 @@ def create_app(
             return _json(reply_body(reply), reply_status(reply))
         raise ApiError(504, "timeout", f"no reply within {settings.reply_timeout:g}s")
 
+    @app.post("/telegram/webhook")
+    async def telegram_update() -> Response:
+        if telegram is None:
+            raise ApiError(404, "not_found", "the Telegram webhook is not configured")
+        given = request.headers.get("X-Telegram-Bot-Api-Secret-Token", "")
+        if not hmac.compare_digest(given.encode(), telegram.secret.encode()):
+            log.warning("Telegram webhook refused: wrong or missing secret token")
+            raise ApiError(401, "unauthorized", "the secret token is missing or wrong")
+        update = await request.get_json(force=True, silent=True)
+        if not isinstance(update, dict):
+            raise ApiError(
+                400, "invalid_request", "the body is not a Telegram update (JSON object)"
+            )
+        with _refusals():
+            await telegram.handle(update)
+        return _json({"ok": True}, 200)
+
     return app
 
 
-async def _deliver(deliver: Deliver, inbound: Inbound) -> Accepted:
-    """`deliver`, with the runtime's refusals as HTTP errors."""
+@contextlib.contextmanager
+def _refusals() -> Iterator[None]:
+    """The runtime's refusals (`Busy`, `Unavailable`) as HTTP errors."""
     try:
-        return await deliver(inbound)
+        yield
     except Busy as exc:
         retry = str(max(1, round(exc.retry_after)))
         raise ApiError(429, "busy", str(exc), {"Retry-After": retry}) from exc

@@ -8,12 +8,20 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import attrs
+import httpx2
 import trio
 
 from actors import ActorCrashed, ActorStopped, MailboxFull, Registry, RestartPolicy
 from adapters import Accepted, Busy, Inbound, Progress, Reply, ReplyError, Responder, Unavailable
 from adapters.http import HttpSettings, create_app, serve_http
 from adapters.ratelimit import RateLimiter
+from adapters.telegram import (
+    TelegramApi,
+    TelegramChannel,
+    TelegramPoller,
+    TelegramSettings,
+    TelegramWebhook,
+)
 from adapters.webhook import CallbackSender, WebhookSource
 from runtime.botcore import Bot
 from runtime.config import Config
@@ -290,6 +298,37 @@ class Runtime:
         }
 
 
+def _telegram(
+    config: Config, runtime: Runtime, client: httpx2.AsyncClient
+) -> TelegramChannel | None:
+    if not config.telegram_bot_token:
+        return None
+    settings = TelegramSettings(
+        token=config.telegram_bot_token,
+        api_base_url=config.telegram_api_base_url,
+        poll_timeout=config.telegram_poll_timeout,
+        allowed_users=TelegramSettings.parse_users(config.telegram_allowed_users),
+        non_text="ignore" if config.telegram_non_text == "ignore" else "reply",
+    )
+    return TelegramChannel(
+        TelegramApi(settings, client), settings, runtime.deliver, reset=runtime.bot.history.clear
+    )
+
+
+async def _run_telegram(
+    channel: TelegramChannel,
+    config: Config,
+    polling: trio.CancelScope,
+) -> None:
+    """Long-poll, or in webhook mode only learn who the bot is; `polling` stops either."""
+    with polling:
+        if config.telegram_webhook_secret:
+            if await channel.identify():
+                log.info("Telegram: webhook mode, updates arrive at POST /telegram/webhook")
+            return
+        await TelegramPoller(channel).run()
+
+
 def open_model(config: Config) -> Provider:
     choices = choose_models(config)
     providers = [open_provider(choice, config) for choice in choices]
@@ -323,33 +362,49 @@ async def serve(
             for name, hook in config.webhooks.items()
         }
         callbacks = CallbackSender()
-        app = create_app(
-            runtime.deliver,
-            HttpSettings(
-                api_token=config.botcore_api_token,
-                max_body_bytes=config.max_body_bytes,
-                max_message_chars=config.max_message_chars,
-                reply_timeout=config.turn_timeout_seconds + 30,
-                client_rate_per_minute=config.client_rate_per_minute,
-            ),
-            health=runtime.health,
-            metrics=runtime.metrics.render,
-            webhooks=webhooks,
-            callbacks=callbacks,
-        )
-        http_stopped = trio.Event()
-        async with trio.open_nursery() as nursery:
+        async with httpx2.AsyncClient() as telegram_http, trio.open_nursery() as nursery:
+            telegram = _telegram(config, runtime, telegram_http)
+            app = create_app(
+                runtime.deliver,
+                HttpSettings(
+                    api_token=config.botcore_api_token,
+                    max_body_bytes=config.max_body_bytes,
+                    max_message_chars=config.max_message_chars,
+                    reply_timeout=config.turn_timeout_seconds + 30,
+                    client_rate_per_minute=config.client_rate_per_minute,
+                ),
+                health=runtime.health,
+                metrics=runtime.metrics.render,
+                webhooks=webhooks,
+                callbacks=callbacks,
+                telegram=(
+                    TelegramWebhook(config.telegram_webhook_secret, telegram.handle)
+                    if telegram is not None and config.telegram_webhook_secret
+                    else None
+                ),
+            )
+            http_stopped = trio.Event()
             drained = trio.Event()
+            polling = trio.CancelScope()
             await nursery.start(callbacks.run)
+            responders: RecoveryResponders = {}
+            if telegram is not None:
+                await nursery.start(telegram.run)
+                channel = telegram
+                responders = {
+                    "telegram": lambda entry: channel.recovered(entry.session_id, entry.message_id)
+                }
 
             async def run_runtime(task_status: trio.TaskStatus[None]) -> None:
-                await runtime.run(task_status=task_status)
+                await runtime.run(responders=responders, task_status=task_status)
                 drained.set()
 
             await nursery.start(run_runtime)
             binds = await nursery.start(
                 serve_http, app, config.http_host, config.http_port, http_stopped.wait
             )
+            if telegram is not None:
+                nursery.start_soon(_run_telegram, telegram, config, polling)
             if provider.name == "offline":
                 log.warning(
                     "no API key configured: running on the embedded offline model "
@@ -368,6 +423,7 @@ async def serve(
                 "shutting down: finishing turns in flight (up to %gs)",
                 config.shutdown_grace_seconds,
             )
+            polling.cancel()
             runtime.close()
             with trio.move_on_after(config.shutdown_grace_seconds) as grace:
                 await drained.wait()
@@ -377,6 +433,8 @@ async def serve(
                 )
             http_stopped.set()
             callbacks.close()
+            if telegram is not None:
+                telegram.close()
             nursery.cancel_scope.deadline = trio.current_time() + config.shutdown_grace_seconds
     finally:
         with trio.CancelScope(shield=True):

@@ -24,6 +24,14 @@ def _positive(instance: object, attribute: attrs.Attribute[Any], value: float) -
         raise ValueError(f"{attribute.name.upper()} must be positive, got {value}")
 
 
+def _secret_token(value: str | None) -> None:
+    """Telegram's rule for `secret_token`; the value itself stays out of the message."""
+    if value is not None and not re.fullmatch(r"[A-Za-z0-9_-]{1,256}", value):
+        raise ValueError(
+            "TELEGRAM_WEBHOOK_SECRET must be 1-256 characters of A-Z, a-z, 0-9, _ and -"
+        )
+
+
 @attrs.frozen
 class WebhookSettings:
     """A `[webhooks.NAME]` table of botcore.toml; see `adapters.webhook.WebhookSource`."""
@@ -48,6 +56,19 @@ class Config:
     openai_api_key: str | None = attrs.field(default=None, repr=False)
     openai_base_url: str | None = None
     telegram_bot_token: str | None = attrs.field(default=None, repr=False)
+    telegram_api_base_url: str = "https://api.telegram.org"
+    telegram_poll_timeout: int = attrs.field(
+        default=30, validator=attrs.validators.and_(attrs.validators.ge(0), attrs.validators.le(50))
+    )
+    telegram_allowed_users: str = ""
+    telegram_non_text: str = attrs.field(
+        default="reply", validator=attrs.validators.in_(("reply", "ignore"))
+    )
+    telegram_webhook_secret: str | None = attrs.field(
+        default=None,
+        repr=False,
+        validator=lambda _, __, value: _secret_token(value),
+    )
     http_host: str = "127.0.0.1"
     http_port: int = attrs.field(
         default=3000,
@@ -79,6 +100,7 @@ class Config:
             self.anthropic_api_key,
             self.openai_api_key,
             self.telegram_bot_token,
+            self.telegram_webhook_secret,
             self.botcore_api_token,
             *(hook.secret for hook in self.webhooks.values()),
         )
@@ -142,7 +164,8 @@ def _explain(exc: cattrs.ClassValidationError) -> list[str]:
                 head, _, where = message.rpartition(" @ $.")
                 lines.append(f"{where.upper()}: {head}" if where else message)
         else:  # a validator's ValueError: "'http_port' must be <= 65535: 70000"
-            lines.append(re.sub(r"'(\w+)'", lambda m: m[1].upper(), str(sub), count=1))
+            text = str(sub.args[0]) if sub.args else str(sub)  # attrs adds more args after it
+            lines.append(re.sub(r"'(\w+)'", lambda m: m[1].upper(), text, count=1))
     return lines
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 import httpx2
 import pytest
 
-from runtime.testing import FakeLLM, make_workspace, open_local
+from runtime.testing import FakeLLM, FakeTelegram, make_workspace, open_local
 
 
 @pytest.fixture
@@ -25,3 +25,10 @@ async def fake_llm() -> AsyncIterator[tuple[FakeLLM, str]]:
 async def client() -> AsyncIterator[httpx2.AsyncClient]:
     async with httpx2.AsyncClient(timeout=30) as http:
         yield http
+
+
+@pytest.fixture
+async def telegram() -> AsyncIterator[tuple[FakeTelegram, str]]:
+    fake = FakeTelegram()
+    async with open_local(fake) as url:
+        yield fake, url

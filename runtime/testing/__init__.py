@@ -10,6 +10,7 @@ from runtime.testing.bot import (
     open_runtime,
     serve_bot,
 )
+from runtime.testing.fake_telegram import FakeTelegram
 from runtime.testing.local import open_local, serve_local
 from runtime.testing.process import BotProcess, bot_process, free_port
 from runtime.testing.receiver import Received, Receiver
@@ -55,6 +56,7 @@ __all__ = [
     "CutStream",
     "Fail",
     "FakeLLM",
+    "FakeTelegram",
     "Malformed",
     "Received",
     "Receiver",

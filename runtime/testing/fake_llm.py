@@ -21,7 +21,7 @@ import contextlib
 import itertools
 import json
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import attrs
@@ -33,6 +33,7 @@ from runtime.testing.local import (
     Send,
     answer_lifespan,
     read_body,
+    send_json,
     serve_local,
 )
 
@@ -127,12 +128,12 @@ class FakeLLM:
             else None
         )
         if scope["method"] != "POST" or protocol is None:
-            await _respond(send, 404, {"error": {"message": f"no route {path}"}})
+            await send_json(send, 404, {"error": {"message": f"no route {path}"}})
             return
         try:
             request = json.loads(body)
         except json.JSONDecodeError:
-            await _respond(send, 400, {"error": {"message": "body is not JSON"}})
+            await send_json(send, 400, {"error": {"message": "body is not JSON"}})
             return
         if self._record:
             headers = {k.decode().lower(): v.decode() for k, v in scope["headers"]}
@@ -163,23 +164,6 @@ def _echo(protocol: str, request: JSON) -> str:
     return "ok"
 
 
-async def _respond(
-    send: Send, status: int, body: JSON | bytes, headers: Iterable[tuple[str, str]] = ()
-) -> None:
-    data = body if isinstance(body, bytes) else json.dumps(body).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                *((k.encode(), v.encode()) for k, v in headers),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": data})
-
-
 class _Cut(Exception):
     """Raised inside the response to make the server drop the connection mid-stream."""
 
@@ -197,14 +181,14 @@ class _Wire:
     async def answer(self, step: Step, send: Send) -> None:
         if isinstance(step, Fail):
             headers = [] if step.retry_after is None else [("retry-after", f"{step.retry_after:g}")]
-            await _respond(send, step.status, self.error_body(step.status, step.message), headers)
+            await send_json(send, step.status, self.error_body(step.status, step.message), headers)
             return
         if isinstance(step, Malformed):
             if self.streaming:
                 await self.start_stream(send)
                 await send({"type": "http.response.body", "body": b"data: {not json\n\n"})
             else:
-                await _respond(send, 200, b'{"this is": not json')
+                await send_json(send, 200, b'{"this is": not json')
             return
         if isinstance(step, CutStream):
             events = self.events(Text(step.text))
@@ -214,7 +198,7 @@ class _Wire:
             raise _Cut("connection dropped on purpose")
         assert isinstance(step, Text | ToolUse)
         if not self.streaming:
-            await _respond(send, 200, self.whole(step))
+            await send_json(send, 200, self.whole(step))
             return
         await self.start_stream(send)
         for event in self.events(step):

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
 from functools import partial
 from typing import Any, cast
@@ -45,6 +46,24 @@ async def answer_lifespan(receive: Receive, send: Send) -> None:
         elif event == "lifespan.shutdown":
             await send({"type": "lifespan.shutdown.complete"})
             return
+
+
+async def send_json(
+    send: Send, status: int, body: Any, headers: Iterable[tuple[str, str]] = ()
+) -> None:
+    """A whole JSON response (`body` already encoded when it is bytes)."""
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                *((k.encode(), v.encode()) for k, v in headers),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": data})
 
 
 async def read_body(receive: Receive) -> bytes:

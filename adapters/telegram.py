@@ -1,0 +1,514 @@
+"""Telegram: the Bot API over httpx2, long polling (`TelegramPoller`) or its webhook.
+
+One session per chat (`telegram:<chat id>`). An update is handed to the runtime, which
+stores it durably, before the poller's offset moves past it; after a crash Telegram sends
+it again and the inbox knows it by its update id, so it is answered once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import re
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, Literal
+
+import attrs
+import cattrs
+import httpx2
+import trio
+from cattrs.gen import make_dict_structure_fn, override
+
+from adapters.base import Busy, Deliver, Inbound, Progress, Reply, Unavailable
+
+log = logging.getLogger("adapters.telegram")
+
+MAX_MESSAGE = 4096
+"""Telegram's limit for one message, in UTF-16 code units."""
+
+HELP = (
+    "Send me a message and I will answer.\n"
+    "/reset forgets our conversation in this chat.\n"
+    "/help shows this."
+)
+
+
+@attrs.frozen
+class TelegramSettings:
+    token: str = attrs.field(repr=False)
+    api_base_url: str = "https://api.telegram.org"
+    poll_timeout: int = 30
+    """Seconds a `getUpdates` long poll waits for something to arrive."""
+    allowed_updates: tuple[str, ...] = ("message", "edited_message")
+    allowed_users: frozenset[str] = frozenset()
+    """User ids and lower-case usernames (without @) allowed to talk to the bot; empty: all."""
+    non_text: Literal["reply", "ignore"] = "reply"
+    """What to do with an update that has no text (photo, sticker, edit): say so, or nothing."""
+    backoff_initial: float = 1.0
+    backoff_max: float = 60.0
+    request_timeout: float = 15.0
+    send_attempts: int = 5
+    typing_every: float = 4.0
+    typing_for: float = 180.0
+    """Typing is shown at most this long for one turn."""
+
+    @staticmethod
+    def parse_users(spec: str) -> frozenset[str]:
+        """`"123, @Alice bob"` → `{"123", "alice", "bob"}`."""
+        return frozenset(
+            item.lstrip("@").lower() for item in re.split(r"[\s,]+", spec) if item.strip("@ ")
+        )
+
+
+# -- the Bot API -------------------------------------------------------------------------
+
+
+class TelegramError(Exception):
+    """The Bot API said no (`status` is its `error_code`), or could not be reached (0)."""
+
+    def __init__(self, status: int, description: str, retry_after: float | None = None) -> None:
+        super().__init__(f"{status} {description}" if status else description)
+        self.status = status
+        self.description = description
+        self.retry_after = retry_after
+
+
+class TelegramUnauthorized(TelegramError):
+    """The token was refused: nothing will work until it is fixed."""
+
+
+class TelegramApi:
+    """The Bot API methods, one httpx2 client. The token is part of every URL, so no URL or
+    transport error text is ever logged or raised as it is."""
+
+    def __init__(self, settings: TelegramSettings, client: httpx2.AsyncClient) -> None:
+        self._settings = settings
+        self._client = client
+        self._base = f"{settings.api_base_url.rstrip('/')}/bot{settings.token}"
+
+    async def call(
+        self,
+        method: str,
+        params: Mapping[str, Any] | None = None,
+        *,
+        http_timeout: float | None = None,
+    ) -> Any:
+        """One call: its `result`, or `TelegramError`."""
+        try:
+            response = await self._client.post(
+                f"{self._base}/{method}",
+                json=dict(params or {}),
+                timeout=http_timeout or self._settings.request_timeout,
+            )
+        except httpx2.HTTPError as exc:
+            text = str(exc).replace(self._settings.token, "[redacted]")
+            raise TelegramError(0, f"{type(exc).__name__}: {text}".rstrip(": ")) from None
+        try:
+            body = response.json()
+        except ValueError:
+            body = None
+        if not isinstance(body, dict):
+            raise TelegramError(response.status_code, "the answer is not Bot API JSON")
+        if body.get("ok") is True:
+            return body.get("result")
+        status = int(body.get("error_code") or response.status_code)
+        description = str(body.get("description") or "")
+        retry_after = (body.get("parameters") or {}).get("retry_after")
+        kind = TelegramUnauthorized if status in (401, 404) else TelegramError
+        raise kind(status, description, float(retry_after) if retry_after is not None else None)
+
+    async def request(
+        self,
+        method: str,
+        params: Mapping[str, Any] | None = None,
+        *,
+        attempts: int | None = None,
+        http_timeout: float | None = None,
+    ) -> Any:
+        """`call`, waiting out 429 (`retry_after`) and backing off on 409, 5xx and network
+        errors; up to `attempts` tries (forever when None). Other refusals raise at once."""
+        backoff = self._settings.backoff_initial
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                return await self.call(method, params, http_timeout=http_timeout)
+            except TelegramUnauthorized:
+                raise
+            except TelegramError as exc:
+                retryable = exc.status in (0, 409, 429) or exc.status >= 500
+                if not retryable or (attempts is not None and attempt >= attempts):
+                    raise
+                if exc.status == 429 and exc.retry_after is not None:
+                    wait = exc.retry_after
+                    log.warning("Telegram %s: rate limited, waiting %gs", method, wait)
+                else:
+                    wait = backoff
+                    backoff = min(backoff * 2, self._settings.backoff_max)
+                    if exc.status == 409:
+                        log.warning(
+                            "Telegram %s: conflict (%s): another poller runs with this token, "
+                            "or a webhook is set (deleteWebhook removes it); retrying in %gs",
+                            method,
+                            exc.description,
+                            wait,
+                        )
+                    else:
+                        log.warning("Telegram %s failed (%s); retrying in %gs", method, exc, wait)
+                await trio.sleep(wait)
+
+
+# -- updates, as far as the bot reads them -------------------------------------------------
+
+
+@attrs.frozen
+class _User:
+    id: int
+    username: str | None = None
+
+
+@attrs.frozen
+class _Chat:
+    id: int
+    type: str
+
+
+@attrs.frozen
+class _Replied:
+    message_id: int
+    sender: _User | None = None
+
+
+@attrs.frozen
+class _Message:
+    message_id: int
+    chat: _Chat
+    sender: _User | None = None
+    text: str | None = None
+    reply_to_message: _Replied | None = None
+
+
+@attrs.frozen
+class _Update:
+    update_id: int
+    message: _Message | None = None
+    edited_message: _Message | None = None
+
+
+_converter = cattrs.Converter()
+for _cls in (_Message, _Replied):
+    _converter.register_structure_hook(
+        _cls,
+        make_dict_structure_fn(_cls, _converter, sender=override(rename="from")),
+    )
+
+
+def split_message(text: str, limit: int = MAX_MESSAGE) -> list[str]:
+    """Pieces of at most `limit` UTF-16 units, cut at a paragraph, else a line, else a word
+    boundary, in order; nothing but the whitespace at the cuts is lost."""
+    pieces = []
+    rest = text.strip()
+    while _units(rest) > limit:
+        window = rest[:limit]
+        while (excess := _units(window) - limit) > 0:
+            window = window[: -max(1, excess // 2)]  # a character is one or two units
+        cut = next(
+            (at for sep in ("\n\n", "\n", " ") if (at := window.rfind(sep)) > limit // 4),
+            len(window),
+        )
+        pieces.append(rest[:cut].rstrip())
+        rest = rest[cut:].lstrip()
+    if rest:
+        pieces.append(rest)
+    return pieces
+
+
+def _units(text: str) -> int:
+    return len(text.encode("utf-16-le")) // 2
+
+
+# -- the channel -------------------------------------------------------------------------
+
+
+@attrs.frozen
+class _Outgoing:
+    chat_id: int
+    text: str
+    reply_to: int | None
+
+
+class TelegramChannel:
+    """Turns updates into messages for the runtime and sends the answers back.
+
+    `run` owns the sending side (answers, typing) until `close`; `handle` takes one update
+    from the poller or the webhook and returns once the runtime has it durably.
+    """
+
+    def __init__(
+        self,
+        api: TelegramApi,
+        settings: TelegramSettings,
+        deliver: Deliver,
+        *,
+        reset: Callable[[str], Awaitable[object]],
+    ) -> None:
+        self.api = api
+        self.settings = settings
+        self._deliver = deliver
+        self._reset = reset
+        self.me: _User | None = None
+        self._send, self._receive = trio.open_memory_channel[_Outgoing](math.inf)
+        self._chat_locks: dict[int, trio.Lock] = {}
+        self._typing: trio.Nursery | None = None
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as sends, trio.open_nursery() as typing:
+            self._typing = typing
+            task_status.started()
+            async for outgoing in self._receive:
+                sends.start_soon(self._send_message, outgoing)
+            typing.cancel_scope.cancel()
+
+    def close(self) -> None:
+        """Take no more answers; `run` returns once those under way are sent."""
+        self._send.close()
+
+    async def identify(self) -> bool:
+        """Learn the bot's own id and username (to notice mentions in groups); False, with
+        the reason logged, when Telegram refuses the token."""
+        try:
+            me = await self.api.request("getMe")
+        except TelegramUnauthorized as exc:
+            _refused(exc)
+            return False
+        self.me = _converter.structure(me, _User)
+        log.info("Telegram: connected as @%s", self.me.username)
+        return True
+
+    def recovered(self, chat_id: str, message_id: str | None) -> TelegramResponder:
+        """The responder of a message accepted before a restart: it answers in its chat."""
+        _, _, reply_to = (message_id or "").partition(":")
+        return TelegramResponder(self, int(chat_id), int(reply_to) if reply_to else None)
+
+    async def handle(self, raw: object) -> None:
+        """One update. Raises `Busy` / `Unavailable` when the runtime cannot take it now
+        (it is not accepted: the caller tries again later)."""
+        try:
+            update = _converter.structure(raw, _Update)
+        except (cattrs.BaseValidationError, TypeError, ValueError) as exc:
+            log.warning("Telegram: an update the bot cannot read was skipped (%s)", exc)
+            return
+        message = update.message or update.edited_message
+        if message is None:
+            return  # a kind of update the bot was not asked for
+        private = message.chat.type == "private"
+        if not private and not self._addressed(message):
+            return
+        chat, reply_to = message.chat.id, message.message_id
+        if not self._allowed(message.sender):
+            log.info("Telegram: refused user %s in chat %d", _who(message.sender), chat)
+            self._submit(chat, "Sorry, this bot only talks to people it was set up for.", reply_to)
+            return
+        text = self._text_for_bot(message.text or "")
+        if update.message is None or not text:
+            if self.settings.non_text == "reply":
+                reason = "edited messages" if update.message is None else "this kind of message"
+                self._submit(
+                    chat, f"Sorry, I can only read new text messages, not {reason}.", reply_to
+                )
+            return
+        if text.startswith("/") and await self._command(text, chat, reply_to):
+            return
+        responder = TelegramResponder(self, chat, reply_to)
+        accepted = await self._deliver(
+            Inbound(
+                "telegram",
+                str(chat),
+                text,
+                responder,
+                message_id=f"{update.update_id}:{message.message_id}",
+                sender=_who(message.sender),
+            )
+        )
+        if accepted.repeat:
+            # Seen before a restart: its answer went (or will go) out through the first one.
+            responder.mute()
+        else:
+            self._show_typing(chat, responder.answered)
+
+    def _addressed(self, message: _Message) -> bool:
+        """In groups the bot answers when mentioned, commanded, or replied to."""
+        if self.me is None:
+            return False
+        replied = message.reply_to_message
+        if replied is not None and replied.sender is not None and replied.sender.id == self.me.id:
+            return True
+        name = (self.me.username or "").lower()
+        return bool(name) and f"@{name}" in (message.text or "").lower()
+
+    def _allowed(self, user: _User | None) -> bool:
+        allowed = self.settings.allowed_users
+        if not allowed:
+            return True
+        if user is None:
+            return False
+        return str(user.id) in allowed or (user.username or "").lower() in allowed
+
+    def _text_for_bot(self, text: str) -> str:
+        """The text without the bot's @mention."""
+        if self.me is not None and self.me.username:
+            text = re.sub(rf"@{re.escape(self.me.username)}\b", "", text, flags=re.I)
+        return text.strip()
+
+    async def _command(self, text: str, chat: int, reply_to: int) -> bool:
+        command = text.split(maxsplit=1)[0].lower()
+        if command in ("/start", "/help"):
+            self._submit(chat, ("Hello! " if command == "/start" else "") + HELP, reply_to)
+            return True
+        if command == "/reset":
+            await self._reset(f"telegram:{chat}")
+            self._submit(chat, "Done: I have forgotten our conversation in this chat.", reply_to)
+            return True
+        return False  # anything else is for the model
+
+    def _submit(self, chat_id: int, text: str, reply_to: int | None) -> None:
+        try:
+            self._send.send_nowait(_Outgoing(chat_id, text, reply_to))
+        except trio.ClosedResourceError:
+            log.error("Telegram: answer to chat %d dropped: shutting down", chat_id)
+
+    def _show_typing(self, chat_id: int, answered: trio.Event) -> None:
+        if self._typing is not None:
+            self._typing.start_soon(self._keep_typing, chat_id, answered)
+
+    async def _keep_typing(self, chat_id: int, answered: trio.Event) -> None:
+        with trio.move_on_after(self.settings.typing_for):
+            while not answered.is_set():
+                with contextlib.suppress(TelegramError):  # only a courtesy
+                    await self.api.call("sendChatAction", {"chat_id": chat_id, "action": "typing"})
+                with trio.move_on_after(self.settings.typing_every):
+                    await answered.wait()
+
+    async def _send_message(self, outgoing: _Outgoing) -> None:
+        lock = self._chat_locks.setdefault(outgoing.chat_id, trio.Lock())
+        async with lock:  # a chat's answers go out in the order they were given
+            for index, piece in enumerate(split_message(outgoing.text)):
+                params: dict[str, Any] = {"chat_id": outgoing.chat_id, "text": piece}
+                if index == 0 and outgoing.reply_to is not None:
+                    params["reply_parameters"] = {
+                        "message_id": outgoing.reply_to,
+                        "allow_sending_without_reply": True,
+                    }
+                try:
+                    await self.api.request(
+                        "sendMessage", params, attempts=self.settings.send_attempts
+                    )
+                except TelegramError as exc:
+                    log.error("Telegram: answer to chat %d not sent: %s", outgoing.chat_id, exc)
+                    return
+        if not lock.locked() and not lock.statistics().tasks_waiting:
+            self._chat_locks.pop(outgoing.chat_id, None)
+
+
+class TelegramResponder:
+    """Sends the answer of one message to its chat, as a reply to it."""
+
+    def __init__(self, channel: TelegramChannel, chat_id: int, reply_to: int | None) -> None:
+        self._channel = channel
+        self._chat_id = chat_id
+        self._reply_to = reply_to
+        self._muted = False
+        self.answered = trio.Event()
+
+    def mute(self) -> None:
+        self._muted = True
+        self.answered.set()
+
+    def reply(self, reply: Reply) -> None:
+        self.answered.set()
+        if self._muted or reply.replayed:
+            return
+        text = reply.message or "Sorry, I could not produce an answer this time."
+        self._channel._submit(self._chat_id, text, self._reply_to)
+
+    def progress(self, event: Progress) -> None:
+        pass
+
+
+def _refused(exc: TelegramUnauthorized) -> None:
+    log.error(
+        "Telegram refused TELEGRAM_BOT_TOKEN (%s): the Telegram channel is stopped, the rest "
+        "of the bot keeps serving; check the token with @BotFather",
+        exc,
+    )
+
+
+def _who(user: _User | None) -> str | None:
+    if user is None:
+        return None
+    return f"@{user.username}" if user.username else str(user.id)
+
+
+@attrs.frozen
+class TelegramWebhook:
+    """Webhook mode: Telegram POSTs updates to `/telegram/webhook` with `secret` in the
+    `X-Telegram-Bot-Api-Secret-Token` header (set with `setWebhook(secret_token=...)`)."""
+
+    secret: str = attrs.field(repr=False)
+    handle: Callable[[object], Awaitable[None]]
+
+
+# -- long polling -------------------------------------------------------------------------
+
+
+class TelegramPoller:
+    """Long-polls `getUpdates` and hands each update to the channel, in order.
+
+    The offset moves past an update only once the channel has it (the runtime stored it);
+    a bad token stops the poller with one error line, the rest of the bot keeps serving.
+    """
+
+    def __init__(self, channel: TelegramChannel) -> None:
+        self._channel = channel
+        self._api = channel.api
+        self._settings = channel.settings
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        if not await self._channel.identify():
+            return
+        try:
+            await self._poll()
+        except TelegramUnauthorized as exc:
+            _refused(exc)
+
+    async def _poll(self) -> None:
+        offset: int | None = None
+        params: dict[str, Any] = {
+            "timeout": self._settings.poll_timeout,
+            "allowed_updates": list(self._settings.allowed_updates),
+        }
+        while True:
+            updates = await self._api.request(
+                "getUpdates",
+                params | ({"offset": offset} if offset is not None else {}),
+                http_timeout=self._settings.poll_timeout + self._settings.request_timeout,
+            )
+            for update in updates if isinstance(updates, list) else []:
+                await self._hand_over(update)
+                if isinstance(update, dict) and isinstance(update.get("update_id"), int):
+                    offset = update["update_id"] + 1
+
+    async def _hand_over(self, update: object) -> None:
+        while True:
+            try:
+                await self._channel.handle(update)
+                return
+            except Busy as exc:
+                await trio.sleep(exc.retry_after)
+            except Unavailable:
+                await trio.sleep(1.0)
+            except Exception:
+                log.exception("Telegram: an update broke the channel and was skipped")
+                return

@@ -1,0 +1,326 @@
+"""The Telegram channel against the fake Bot API: polling, answers, errors, restarts."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from pathlib import Path
+from typing import Any
+
+import httpx2
+import pytest
+import trio
+
+from adapters.telegram import (
+    TelegramApi,
+    TelegramChannel,
+    TelegramPoller,
+    TelegramSettings,
+    split_message,
+)
+from runtime.botcore import Bot
+from runtime.config import Config
+from runtime.testing import (
+    FakeLLM,
+    FakeTelegram,
+    Slow,
+    Text,
+    bot_process,
+    local_config,
+    open_runtime,
+    serve_bot,
+    wait_until,
+)
+
+Telegram = tuple[FakeTelegram, str]
+
+
+def bot_config(workspace: Path, telegram: Telegram, **settings: Any) -> Config:
+    fake, url = telegram
+    return local_config(
+        workspace,
+        telegram_bot_token=fake.token,
+        telegram_api_base_url=url,
+        telegram_poll_timeout=1,
+        **settings,
+    )
+
+
+# -- splitting ---------------------------------------------------------------------------
+
+
+def test_split_prefers_paragraphs_then_lines_and_keeps_order() -> None:
+    paragraphs = [f"{i} " + "word " * 300 for i in range(5)]  # ~1,500 characters each
+    text = "\n\n".join(p.strip() for p in paragraphs)
+    pieces = split_message(text)
+    assert [piece.split()[0] for piece in pieces] == ["0", "2", "4"]  # whole paragraphs
+    assert all(len(piece) <= 4096 for piece in pieces)
+    lines = "\n".join("line " * 30 for _ in range(200))  # no paragraphs: cut at a line end
+    assert all(piece.endswith("line") for piece in split_message(lines))
+    assert " ".join(" ".join(pieces).split()) == " ".join(text.split())
+
+
+def test_split_without_any_boundary_cuts_hard_and_counts_utf16() -> None:
+    assert [len(p) for p in split_message("x" * 9000)] == [4096, 4096, 808]
+    emoji = "😀" * 3000  # two UTF-16 units each: 6,000 units
+    pieces = split_message(emoji)
+    assert [len(p.encode("utf-16-le")) // 2 for p in pieces] == [4096, 1904]
+    assert "".join(pieces) == emoji
+    assert split_message("short") == ["short"]
+
+
+# -- a served bot ------------------------------------------------------------------------
+
+
+async def test_text_is_answered_in_its_chat_as_a_reply_with_typing(
+    workspace: Path, telegram: Telegram
+) -> None:
+    fake, _ = telegram
+    async with serve_bot(bot_config(workspace, telegram)):
+        first = fake.text(42, "hello there")
+        second = fake.text(77, "hi from another chat", username="bob")
+        await wait_until(lambda: fake.sent_to(42) and fake.sent_to(77))
+        (answer,) = fake.sent_to(42)
+        assert answer.reply_to == first["message"]["message_id"]
+        assert "TestBot" in answer.text
+        assert fake.sent_to(77)[0].reply_to == second["message"]["message_id"]
+        assert (42, "typing") in fake.actions
+        # The offset moved past both updates: Telegram forgets them.
+        await wait_until(lambda: not fake.pending)
+        getme, *polls = [call.method for call in fake.calls]
+        assert getme == "getMe" and "getUpdates" in polls
+
+
+async def test_a_5000_character_answer_arrives_as_two_messages_in_order(
+    workspace: Path, telegram: Telegram, fake_llm: tuple[FakeLLM, str]
+) -> None:
+    fake, _ = telegram
+    model, url = fake_llm
+    answer = "\n\n".join(f"Paragraph {i}. " + "lorem ipsum " * 80 for i in range(5))
+    assert 4096 < len(answer) < 8192
+    model.script(Text(answer))
+    config = bot_config(
+        workspace, telegram, default_model="claude-x", anthropic_api_key="k", anthropic_base_url=url
+    )
+    async with serve_bot(config):
+        message = fake.text(5, "tell me a long story")
+        await wait_until(lambda: len(fake.sent_to(5)) >= 2)
+    first, second = fake.sent_to(5)
+    assert first.reply_to == message["message"]["message_id"] and second.reply_to is None
+    assert first.text.startswith("Paragraph 0.") and "Paragraph 4." in second.text
+    assert " ".join((first.text + " " + second.text).split()) == " ".join(answer.split())
+
+
+async def test_429_on_get_updates_is_waited_out(workspace: Path, telegram: Telegram) -> None:
+    fake, _ = telegram
+    fake.fail("getUpdates", 429, "Too Many Requests: retry after 1", retry_after=1)
+    async with serve_bot(bot_config(workspace, telegram)):
+        fake.text(1, "hello")
+        await wait_until(lambda: fake.sent_to(1))
+    limited, after = fake.calls_of("getUpdates")[:2]
+    assert limited.status == 429 and after.status == 200
+    assert after.at - limited.at >= 1.0
+
+
+async def test_409_conflict_backs_off_instead_of_looping(
+    workspace: Path, telegram: Telegram, caplog: pytest.LogCaptureFixture
+) -> None:
+    fake, url = telegram
+    fake.fail("getUpdates", 409, "Conflict: terminated by other getUpdates request", times=3)
+    settings = TelegramSettings(fake.token, url, poll_timeout=1, backoff_initial=0.2)
+    async with (
+        open_runtime(local_config(workspace)) as runtime,
+        httpx2.AsyncClient() as client,
+        trio.open_nursery() as nursery,
+    ):
+        channel = TelegramChannel(
+            TelegramApi(settings, client),
+            settings,
+            runtime.deliver,
+            reset=runtime.bot.history.clear,
+        )
+        await nursery.start(channel.run)
+        nursery.start_soon(TelegramPoller(channel).run)
+        fake.text(3, "hello")
+        await wait_until(lambda: fake.sent_to(3))
+        nursery.cancel_scope.cancel()
+    polls = fake.calls_of("getUpdates")
+    assert [call.status for call in polls[:4]] == [409, 409, 409, 200]
+    gaps = [b.at - a.at for a, b in itertools.pairwise(polls[:4])]
+    assert gaps[0] >= 0.2 and gaps[1] >= 0.4 and gaps[2] >= 0.8  # doubling, not a hot loop
+    assert "another poller runs with this token" in caplog.text
+
+
+async def test_a_refused_token_stops_telegram_but_the_bot_keeps_serving(
+    workspace: Path,
+    telegram: Telegram,
+    client: httpx2.AsyncClient,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    fake, url = telegram
+    config = local_config(
+        workspace,
+        telegram_bot_token="123:wrong",
+        telegram_api_base_url=url,
+        telegram_poll_timeout=1,
+    )
+    with caplog.at_level(logging.ERROR):
+        async with serve_bot(config) as bot:
+            await wait_until(lambda: "refused TELEGRAM_BOT_TOKEN" in caplog.text)
+            response = await client.post(f"{bot.url}/api/message", json={"message": "still here?"})
+            assert response.status_code == 200
+    assert [call.method for call in fake.calls] == ["getMe"]
+    assert "123:wrong" not in caplog.text
+
+
+async def test_send_failures_are_retried_and_the_answer_goes_out_once(
+    workspace: Path, telegram: Telegram
+) -> None:
+    fake, _ = telegram
+    fake.fail("sendMessage", 502, "Bad Gateway")
+    fake.fail("sendMessage", 429, "Too Many Requests", retry_after=0)
+    async with serve_bot(bot_config(workspace, telegram)):
+        fake.text(8, "hello")
+        await wait_until(lambda: fake.sent_to(8))
+        await trio.sleep(0.3)
+    assert len(fake.sent_to(8)) == 1
+    assert [c.status for c in fake.calls_of("sendMessage")] == [502, 429, 200]
+
+
+async def test_groups_answer_only_when_mentioned_or_replied_to(
+    workspace: Path, telegram: Telegram
+) -> None:
+    fake, _ = telegram
+    async with serve_bot(bot_config(workspace, telegram)):
+        fake.text(-100, "people chatting among themselves", chat_type="group")
+        mentioned = fake.text(-100, "@test_bot hello", chat_type="group")
+        replied = fake.text(-100, "and you?", chat_type="group", reply_to_bot=True)
+        await wait_until(lambda: len(fake.sent_to(-100)) >= 2)
+        await wait_until(lambda: not fake.pending)
+    replies = [sent.reply_to for sent in fake.sent_to(-100)]
+    assert replies == [mentioned["message"]["message_id"], replied["message"]["message_id"]]
+
+
+async def test_only_allowed_users_reach_the_model(
+    workspace: Path, telegram: Telegram, fake_llm: tuple[FakeLLM, str]
+) -> None:
+    fake, _ = telegram
+    model, url = fake_llm
+    config = bot_config(
+        workspace,
+        telegram,
+        telegram_allowed_users="@Bob, 4242",
+        default_model="claude-x",
+        anthropic_api_key="k",
+        anthropic_base_url=url,
+    )
+    async with serve_bot(config):
+        fake.text(10, "let me in", username="mallory")
+        fake.text(11, "hello", username="bob")
+        fake.text(12, "hello", user_id=4242, username="carol")
+        await wait_until(lambda: fake.sent_to(10) and fake.sent_to(11) and fake.sent_to(12))
+    assert "only talks to people" in fake.sent_to(10)[0].text
+    assert fake.sent_to(11)[0].text == "ok: hello"
+    assert len(model.requests) == 2
+
+
+async def test_updates_without_text_get_a_polite_answer_or_none(
+    workspace: Path, telegram: Telegram
+) -> None:
+    fake, _ = telegram
+    async with serve_bot(bot_config(workspace, telegram)):
+        fake.photo(20)
+        fake.update(message={"chat": "not a chat"})  # unreadable: skipped
+        fake.update(edited_message={**fake.text(21, "x")["message"], "text": "edited"})
+        await wait_until(lambda: fake.sent_to(20) and len(fake.sent_to(21)) == 2)
+    assert "only read new text messages" in fake.sent_to(20)[0].text
+    assert any("edited messages" in sent.text for sent in fake.sent_to(21))
+
+    fake.sent.clear()
+    async with serve_bot(bot_config(workspace, telegram, telegram_non_text="ignore")):
+        fake.photo(20)
+        fake.text(20, "and now text")
+        await wait_until(lambda: fake.sent_to(20))
+        await wait_until(lambda: not fake.pending)
+    assert len(fake.sent_to(20)) == 1 and "TestBot" in fake.sent_to(20)[0].text
+
+
+async def test_start_help_and_reset(workspace: Path, telegram: Telegram) -> None:
+    fake, _ = telegram
+    async with serve_bot(bot_config(workspace, telegram)):
+        fake.text(30, "/start")
+        await wait_until(lambda: fake.sent_to(30))
+        assert "/reset" in fake.sent_to(30)[0].text
+        fake.text(30, "remember that the sky is green")
+        await wait_until(lambda: len(fake.sent_to(30)) == 2)
+        fake.text(30, "/reset")
+        await wait_until(lambda: len(fake.sent_to(30)) == 3)
+        assert "forgotten" in fake.sent_to(30)[2].text
+    async with await Bot.open(workspace) as opened:
+        assert await opened.history.turns("telegram:30") == 0
+
+
+async def test_webhook_mode_checks_the_secret_token(
+    workspace: Path, telegram: Telegram, client: httpx2.AsyncClient
+) -> None:
+    fake, _ = telegram
+    config = bot_config(workspace, telegram, telegram_webhook_secret="s3cret-token")
+    update = {
+        "update_id": 1,
+        "message": {
+            "message_id": 9,
+            "date": 0,
+            "chat": {"id": 50, "type": "private"},
+            "from": {"id": 50, "is_bot": False, "first_name": "A"},
+            "text": "hello by webhook",
+        },
+    }
+    async with serve_bot(config) as bot:
+        hook = f"{bot.url}/telegram/webhook"
+        assert (await client.post(hook, json=update)).status_code == 401
+        wrong = {"X-Telegram-Bot-Api-Secret-Token": "nope"}
+        assert (await client.post(hook, json=update, headers=wrong)).status_code == 401
+        right = {"X-Telegram-Bot-Api-Secret-Token": "s3cret-token"}
+        assert (await client.post(hook, content=b"[1,2]", headers=right)).status_code == 400
+        response = await client.post(hook, json=update, headers=right)
+        assert response.status_code == 200
+        again = await client.post(hook, json=update, headers=right)  # Telegram retrying
+        assert again.status_code == 200
+        await wait_until(lambda: fake.sent_to(50))
+        await trio.sleep(0.2)
+    assert len(fake.sent_to(50)) == 1 and fake.sent_to(50)[0].reply_to == 9
+    assert not fake.calls_of("getUpdates")
+
+
+# -- a real process, killed ----------------------------------------------------------------
+
+
+async def test_killed_after_accepting_an_update_answers_it_exactly_once_after_restart(
+    workspace: Path, telegram: Telegram, fake_llm: tuple[FakeLLM, str]
+) -> None:
+    fake, tg_url = telegram
+    model, llm_url = fake_llm
+    model.script(Slow(60, Text("too late")))
+    env = {
+        "TELEGRAM_BOT_TOKEN": fake.token,
+        "TELEGRAM_API_BASE_URL": tg_url,
+        "TELEGRAM_POLL_TIMEOUT": "1",
+        "DEFAULT_MODEL": "claude-x",
+        "ANTHROPIC_API_KEY": "k",
+        "ANTHROPIC_BASE_URL": llm_url,
+    }
+    async with bot_process(workspace, env) as bot:
+        update = fake.text(60, "are you there?")
+        await wait_until(lambda: model.requests)  # accepted, the turn is under way
+        bot.kill()
+        assert await bot.wait() == -9
+    assert not fake.sent_to(60)
+    assert not fake.pending  # durably accepted, so the poller confirmed it: only the inbox has it
+
+    async with bot_process(workspace, env):
+        await wait_until(lambda: fake.sent_to(60), within=20)
+        await trio.sleep(0.5)
+    (answer,) = fake.sent_to(60)
+    assert answer.text == "ok: are you there?"
+    assert answer.reply_to == update["message"]["message_id"]
+    assert len(model.requests) == 2  # the killed turn, then one after the restart
