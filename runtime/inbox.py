@@ -18,8 +18,9 @@ import attrs
 import cattrs
 
 from adapters import Inbound, Reply
-from runtime.botcore import Database
+from runtime.botcore import Database, MemoryType
 from runtime.botcore._history import Role, insert_turn
+from runtime.botcore._memory import EPISODE_IMPORTANCE, episode_of, remember
 
 State = Literal["received", "processing", "replied", "dead"]
 
@@ -105,11 +106,17 @@ class Inbox:
         never leave a turn in the history whose message is still waiting to be handled."""
         body = json.dumps(_converter.unstructure(reply))
 
+        now = time.time()
+        episode = episode_of(exchange)
+
         def write(db: sqlite3.Connection) -> None:
             insert_turn(db, session_key, reply.turn_id, exchange, usage)
+            if episode:
+                meta = {"session": session_key, "turn": reply.turn_id}
+                remember(db, episode, MemoryType.EPISODIC, EPISODE_IMPORTANCE, meta, now)
             db.execute(
                 "UPDATE inbox SET state = 'replied', reply = ?, updated_at = ? WHERE id = ?",
-                (body, time.time(), entry_id),
+                (body, now, entry_id),
             )
 
         await self._db.run(write)

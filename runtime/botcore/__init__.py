@@ -15,18 +15,26 @@ Errors::
 """
 
 from runtime.botcore._bot import Bot, BotTools
+from runtime.botcore._consolidation import (
+    ConsolidationStats,
+    RetentionPolicy,
+    Summarize,
+    consolidate,
+    extractive_summary,
+)
 from runtime.botcore._db import Database
 from runtime.botcore._errors import BotCoreError, InvalidMemory, OutsideWorkspace, WorkspaceError
 from runtime.botcore._files import FileTools
 from runtime.botcore._history import History, HistoryEntry
 from runtime.botcore._identity import Identity, IdentityFiles
-from runtime.botcore._memory import Memory, MemoryStore, MemoryType
+from runtime.botcore._memory import Memory, MemoryStats, MemoryStore, MemoryType
 from runtime.botcore._tasks import Task, Tasks
 
 __all__ = [
     "Bot",
     "BotCoreError",
     "BotTools",
+    "ConsolidationStats",
     "Database",
     "FileTools",
     "History",
@@ -35,10 +43,15 @@ __all__ = [
     "IdentityFiles",
     "InvalidMemory",
     "Memory",
+    "MemoryStats",
     "MemoryStore",
     "MemoryType",
     "OutsideWorkspace",
+    "RetentionPolicy",
+    "Summarize",
     "Task",
     "Tasks",
     "WorkspaceError",
+    "consolidate",
+    "extractive_summary",
 ]

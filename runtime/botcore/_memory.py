@@ -2,10 +2,12 @@ from __future__ import annotations
 
 import enum
 import json
+import math
 import re
 import sqlite3
 import time
 from collections.abc import Iterable, Mapping
+from typing import Any
 
 import attrs
 
@@ -45,6 +47,46 @@ class Memory:
     created_at: float
     confidence: float = 0.0
     """How well this memory matches the query that recalled it, from 0 to 1."""
+    strength: float = 0.0
+    """Its ACT-R activation as a retrieval probability, from 0 to 1: high when used often
+    and lately, fading while unused."""
+    accessed_at: float = 0.0
+    access_count: int = 0
+    metadata: Mapping[str, Any] = attrs.field(factory=dict)
+
+
+@attrs.frozen
+class MemoryStats:
+    total_memories: int
+    by_type: Mapping[str, int]
+    oldest_memory: float | None
+    newest_memory: float | None
+    avg_importance: float
+
+
+DECAY = 0.5
+"""ACT-R's decay exponent d."""
+THRESHOLD = -7.0
+"""The activation at which `strength` is one half (about a week unused, seen once)."""
+DUPLICATE = 0.8
+"""Word-stem overlap (Jaccard) above which a new memory reinforces an old one."""
+_CANDIDATES = 50
+
+
+def activation(uses: int, created_at: float, accessed_at: float, now: float) -> float:
+    """ACT-R base-level activation ln(Σ t_j^-d) over `uses` presentations, from the first and
+    the last only (Petrov 2006): the last exactly, the others spread over the lifetime."""
+    last = max(now - accessed_at, 1.0)
+    life = max(now - created_at, last)
+    total = last**-DECAY
+    if uses > 1 and life > last:
+        spread = (life ** (1 - DECAY) - last ** (1 - DECAY)) / ((1 - DECAY) * (life - last))
+        total += (uses - 1) * spread
+    return math.log(total)
+
+
+def strength(value: float) -> float:
+    return 1.0 / (1.0 + math.exp(-(value - THRESHOLD)))
 
 
 def query_terms(text: str) -> list[str]:
@@ -56,8 +98,80 @@ def query_terms(text: str) -> list[str]:
     return list(seen)
 
 
+def check(content: str, type: MemoryType | str, importance: float) -> tuple[str, MemoryType, float]:
+    """A memory's fields as stored, or `InvalidMemory` saying what is wrong."""
+    content = content.strip()
+    if not content:
+        raise InvalidMemory("a memory needs some content")
+    try:
+        kind = MemoryType(type)
+    except ValueError:
+        names = ", ".join(t.value for t in MemoryType)
+        raise InvalidMemory(f"unknown memory type {type!r}; use one of {names}") from None
+    if not 0.0 <= importance <= 1.0:
+        raise InvalidMemory(f"importance must be between 0 and 1, got {importance}")
+    return content, kind, float(importance)
+
+
+def remember(
+    db: sqlite3.Connection,
+    content: str,
+    kind: MemoryType,
+    importance: float,
+    metadata: Mapping[str, Any],
+    now: float,
+) -> tuple[int, bool]:
+    """Insert a memory inside the caller's transaction, or reinforce a near-duplicate of the
+    same type (one more use, the higher importance): (id, reinforced)."""
+    terms = query_terms(content)
+    if terms:
+        mine = _stems(content)
+        rows = db.execute(
+            "SELECT m.id, m.content FROM memories_fts JOIN memories m ON m.id = memories_fts.rowid"
+            " WHERE memories_fts MATCH ? AND m.type = ? ORDER BY rank LIMIT 5",
+            (_match(terms), kind.value),
+        ).fetchall()
+        for other_id, other in rows:
+            theirs = _stems(other)
+            if len(mine & theirs) / max(1, len(mine | theirs)) >= DUPLICATE:
+                db.execute(
+                    "UPDATE memories SET access_count = access_count + 1, accessed_at = ?,"
+                    " importance = max(importance, ?) WHERE id = ?",
+                    (now, importance, other_id),
+                )
+                return other_id, True
+    cursor = db.execute(
+        "INSERT INTO memories (content, type, importance, metadata, created_at, accessed_at)"
+        " VALUES (?, ?, ?, ?, ?, ?)",
+        (content, kind.value, importance, json.dumps(dict(metadata)), now, now),
+    )
+    assert cursor.lastrowid is not None
+    return cursor.lastrowid, False
+
+
+EPISODE_IMPORTANCE = 0.3
+
+
+def episode_of(exchange: Iterable[tuple[str, str]]) -> str:
+    """The episodic memory of one exchange (stored with it automatically): what was said,
+    shortened; consolidation later folds old episodes into summaries."""
+    said = {role: text for role, text in exchange}
+    if not said.get("user"):
+        return ""
+    episode = f"User said: {_shorten(said['user'], 600)}"
+    if said.get("assistant"):
+        episode += f" | I answered: {_shorten(said['assistant'], 300)}"
+    return episode
+
+
+def _shorten(text: str, limit: int) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
+
+
 class MemoryStore:
-    """Engram memory on SQLite with an FTS5 (BM25, Porter stemming) index."""
+    """Engram memory on SQLite: FTS5 (BM25, Porter stemming) ranked with importance and an
+    ACT-R activation, so what is used stays and what is not fades."""
 
     def __init__(self, db: Database) -> None:
         self._db = db
@@ -68,75 +182,137 @@ class MemoryStore:
         *,
         type: MemoryType | str = MemoryType.FACTUAL,
         importance: float = 0.5,
-        metadata: Mapping[str, str | int | float | bool | None] | None = None,
+        metadata: Mapping[str, Any] | None = None,
     ) -> int:
-        """Store a memory and return its id; `InvalidMemory` says what was wrong."""
-        content = content.strip()
-        if not content:
-            raise InvalidMemory("a memory needs some content")
-        try:
-            kind = MemoryType(type)
-        except ValueError:
-            names = ", ".join(t.value for t in MemoryType)
-            raise InvalidMemory(f"unknown memory type {type!r}; use one of {names}") from None
-        if not 0.0 <= importance <= 1.0:
-            raise InvalidMemory(f"importance must be between 0 and 1, got {importance}")
-        meta = json.dumps(dict(metadata or {}))
+        """Store a memory and return its id (the existing one's when this is a near-duplicate,
+        which is reinforced instead); `InvalidMemory` says what was wrong."""
+        content, kind, importance = check(content, type, importance)
         now = time.time()
-
-        def insert(db: sqlite3.Connection) -> int:
-            cursor = db.execute(
-                "INSERT INTO memories (content, type, importance, metadata, created_at, accessed_at)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
-                (content, kind.value, importance, meta, now, now),
-            )
-            assert cursor.lastrowid is not None
-            return cursor.lastrowid
-
-        return await self._db.run(insert)
+        memory_id, _ = await self._db.run(
+            lambda db: remember(db, content, kind, importance, metadata or {}, now)
+        )
+        return memory_id
 
     async def recall(
-        self, query: str, *, limit: int = 5, types: Iterable[MemoryType | str] | None = None
+        self,
+        query: str,
+        *,
+        limit: int = 5,
+        types: Iterable[MemoryType | str] | None = None,
+        now: float | None = None,
     ) -> list[Memory]:
-        """The memories that best match `query`, best first; each recall strengthens them."""
+        """The memories that best match `query`, best first; each recall strengthens them.
+
+        Ranking: BM25 relevance, weighted by importance and by strength (activation)."""
         terms = query_terms(query)
         if not terms or limit <= 0:
             return []
-        match = " OR ".join(f'"{term}"' for term in terms)
-        kinds = [MemoryType(t).value for t in types] if types else []
+        try:
+            kinds = [MemoryType(t).value for t in types] if types else []
+        except ValueError as exc:
+            raise InvalidMemory(str(exc)) from None
         where = f" AND m.type IN ({', '.join('?' * len(kinds))})" if kinds else ""
-        now = time.time()
+        at = time.time() if now is None else now
 
         def search(db: sqlite3.Connection) -> list[Memory]:
             rows = db.execute(
-                "SELECT m.id, m.content, m.type, m.importance, m.created_at"
+                f"SELECT {_COLUMNS}, bm25(memories_fts)"
                 " FROM memories_fts JOIN memories m ON m.id = memories_fts.rowid"
-                f" WHERE memories_fts MATCH ?{where}"
-                " ORDER BY bm25(memories_fts) * (0.5 + m.importance) LIMIT ?",
-                (match, *kinds, limit),
+                f" WHERE memories_fts MATCH ?{where} ORDER BY rank LIMIT ?",
+                (_match(terms), *kinds, max(_CANDIDATES, limit * 4)),
             ).fetchall()
+            ranked = []
+            for row in rows:
+                memory = _memory(row[:-1], at)
+                score = -row[-1] * (0.6 + 0.4 * memory.importance) * (0.7 + 0.3 * memory.strength)
+                ranked.append((score, memory))
+            ranked.sort(key=lambda pair: -pair[0])
+            found = [
+                attrs.evolve(m, confidence=_coverage(terms, m.content)) for _, m in ranked[:limit]
+            ]
             db.executemany(
                 "UPDATE memories SET accessed_at = ?, access_count = access_count + 1 WHERE id = ?",
-                [(now, row[0]) for row in rows],
+                [(at, m.id) for m in found],
             )
-            return [
-                Memory(
-                    id=row[0],
-                    content=row[1],
-                    type=MemoryType(row[2]),
-                    importance=row[3],
-                    created_at=row[4],
-                    confidence=_coverage(terms, row[1]),
-                )
-                for row in rows
-            ]
+            return found
 
         return await self._db.run(search)
+
+    async def get(self, memory_id: int) -> Memory | None:
+        row = await self._db.run(
+            lambda db: db.execute(
+                f"SELECT {_COLUMNS} FROM memories m WHERE id = ?", (memory_id,)
+            ).fetchone()
+        )
+        return None if row is None else _memory(row, time.time())
 
     async def count(self) -> int:
         return await self._db.run(
             lambda db: db.execute("SELECT count(*) FROM memories").fetchone()[0]
         )
+
+    async def stats(self) -> MemoryStats:
+        def read(db: sqlite3.Connection) -> MemoryStats:
+            total, oldest, newest, average = db.execute(
+                "SELECT count(*), min(created_at), max(created_at), avg(importance) FROM memories"
+            ).fetchone()
+            by_type = dict(db.execute("SELECT type, count(*) FROM memories GROUP BY type"))
+            return MemoryStats(total, by_type, oldest, newest, round(average or 0.0, 3))
+
+        return await self._db.run(read)
+
+    async def export(self) -> list[Memory]:
+        """Every memory, oldest first (for `botcorebot memory export`)."""
+        now = time.time()
+        rows = await self._db.run(
+            lambda db: db.execute(f"SELECT {_COLUMNS} FROM memories m ORDER BY id").fetchall()
+        )
+        return [_memory(row, now) for row in rows]
+
+    async def load(self, memories: Iterable[Memory]) -> tuple[int, int]:
+        """Add exported memories, keeping their times and uses: (added, reinforced)."""
+        batch = list(memories)
+
+        def write(db: sqlite3.Connection) -> tuple[int, int]:
+            added = reinforced = 0
+            for m in batch:
+                content, kind, importance = check(m.content, m.type, m.importance)
+                memory_id, again = remember(db, content, kind, importance, m.metadata, m.created_at)
+                if again:
+                    reinforced += 1
+                    continue
+                added += 1
+                db.execute(
+                    "UPDATE memories SET accessed_at = ?, access_count = ? WHERE id = ?",
+                    (max(m.accessed_at, m.created_at), m.access_count, memory_id),
+                )
+            return added, reinforced
+
+        return await self._db.run(write)
+
+
+_COLUMNS = (
+    "m.id, m.content, m.type, m.importance, m.created_at, m.accessed_at, m.access_count, m.metadata"
+)
+
+
+def _memory(row: tuple[Any, ...], now: float) -> Memory:
+    memory_id, content, kind, importance, created, accessed, uses, metadata = row
+    return Memory(
+        id=memory_id,
+        content=content,
+        type=MemoryType(kind),
+        importance=importance,
+        created_at=created,
+        strength=round(strength(activation(uses + 1, created, accessed, now)), 3),
+        accessed_at=accessed,
+        access_count=uses,
+        metadata=json.loads(metadata or "{}"),
+    )
+
+
+def _match(terms: list[str]) -> str:
+    return " OR ".join(f'"{term}"' for term in terms)
 
 
 def _stem(word: str) -> str:
@@ -144,6 +320,10 @@ def _stem(word: str) -> str:
         if word.endswith(suffix) and len(word) - len(suffix) >= 3:
             return word[: -len(suffix)]
     return word
+
+
+def _stems(text: str) -> set[str]:
+    return {_stem(term) for term in query_terms(text)}
 
 
 def _coverage(terms: list[str], content: str) -> float:

@@ -64,7 +64,7 @@ async def test_memories_cross_sessions_and_survive_a_restart(
             f"{bot.url}/api/message", json={"message": "what do you remember about my cat"}
         )
     assert "Miso" in again.json()["message"]
-    assert again.json()["metadata"]["memories_recalled"] == 1
+    assert again.json()["metadata"]["memories_recalled"] >= 1  # the fact, and the episodes
 
 
 @pytest.mark.parametrize(
@@ -202,7 +202,7 @@ async def test_a_repeated_idempotency_key_returns_the_stored_reply(
     assert first.json()["message"] == second.json()["message"]
     assert first.json()["metadata"]["turn_id"] == second.json()["metadata"]["turn_id"]
     assert second.json()["metadata"]["replayed"] is True
-    assert recall.json()["message"].count("4711") == 1  # stored once, not twice
+    assert recall.json()["message"].count("- the door code is 4711") == 1  # stored once
 
 
 async def test_streaming_sends_deltas_and_tool_events_before_done(

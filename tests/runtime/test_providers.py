@@ -105,7 +105,7 @@ async def test_a_tool_call_then_an_answer_reaches_the_user_with_the_result_id_ma
     assert len(calls) == 1 and [r[0] for r in results] == calls
     assert '"stored": true' in results[0][1] and results[0][2] is False
     # The tool really ran: the memory is there for another session.
-    assert recalled.json()["metadata"]["memories_recalled"] == 1
+    assert recalled.json()["metadata"]["memories_recalled"] >= 1
     assert {
         t["name"] if setup.provider == "anthropic" else t["function"]["name"]
         for t in first.body["tools"]
