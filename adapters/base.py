@@ -53,6 +53,8 @@ class Reply:
     session_id: str
     turn_id: str
     memories_recalled: int = 0
+    prompt_tokens: tuple[tuple[str, int], ...] = ()
+    """Where the prompt's tokens went (`budget`, `identity`, `memories`, `history`, `total`...)."""
     tools_used: int = 0
     states: tuple[str, ...] = ()
     model: str = ""
@@ -130,6 +132,7 @@ def reply_body(reply: Reply) -> dict[str, Any]:
             "turn_id": reply.turn_id,
             "model": reply.model,
             "usage": dict(reply.usage),
+            "prompt_tokens": dict(reply.prompt_tokens),
             "duration_ms": reply.duration_ms,
             "replayed": reply.replayed,
         },

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -23,10 +23,10 @@ from adapters.telegram import (
     TelegramWebhook,
 )
 from adapters.webhook import CallbackSender, WebhookSource
-from runtime.botcore import Bot
+from runtime.botcore import Bot, Summarize, consolidate
 from runtime.config import Config
 from runtime.inbox import Inbox, InboxEntry
-from runtime.llm import Provider
+from runtime.llm import ModelRequest, Provider, UserText
 from runtime.llm.fallback import FallbackProvider
 from runtime.llm.select import choose_models, open_provider
 from runtime.metrics import Metrics
@@ -105,7 +105,10 @@ class Runtime:
             inbox=self.inbox,
             model_limiter=trio.CapacityLimiter(config.model_concurrency),
             metrics=self.metrics,
-            limits=TurnLimits(max_tool_rounds=config.max_tool_rounds),
+            limits=TurnLimits(
+                max_tool_rounds=config.max_tool_rounds,
+                prompt_token_budget=config.prompt_token_budget,
+            ),
             turn_timeout=config.turn_timeout_seconds,
         )
         self.registry: Registry[str, Job] = Registry(
@@ -138,6 +141,8 @@ class Runtime:
         self._dead_send, self._dead_receive = trio.open_memory_channel[tuple[int, Reply]](math.inf)
         self._accepting = False
         self._closing = False
+        self._background = trio.CancelScope()
+        self.summarize = _model_summary(provider, self.services.model_limiter)
 
     @property
     def accepting(self) -> bool:
@@ -152,8 +157,10 @@ class Runtime:
         async with trio.open_nursery() as database:
             await database.start(self.bot.db.serve_batches)
             async with trio.open_nursery() as nursery:
+                await trio.to_thread.run_sync(self.services.tokens.load)
                 await nursery.start(self.registry.run)
                 nursery.start_soon(self._record_dead_letters)
+                nursery.start_soon(self._consolidate_periodically)
                 recovered = await self._recover(responders or {})
                 if recovered:
                     log.info("recovered %d unanswered message(s) from the inbox", recovered)
@@ -166,6 +173,7 @@ class Runtime:
         """Stop taking messages; queued ones stay in the inbox for the next start."""
         self._accepting = False
         self._closing = True
+        self._background.cancel()
         self.registry.close()
         self._dead_send.close()
 
@@ -272,6 +280,17 @@ class Runtime:
             )
         )
 
+    async def _consolidate_periodically(self) -> None:
+        """Memory consolidation off the hot path: every `consolidate_every_seconds`."""
+        every = self.config.consolidate_every_seconds
+        with self._background:
+            while every:
+                await trio.sleep(every)
+                try:
+                    await consolidate(self.bot.db, summarize=self.summarize)
+                except Exception:
+                    log.exception("memory consolidation failed; trying again in %gs", every)
+
     async def _record_dead_letters(self) -> None:
         async with self._dead_receive:
             async for entry_id, reply in self._dead_receive:
@@ -296,6 +315,31 @@ class Runtime:
             "sessions": stats.live,
             "queued": stats.queued,
         }
+
+
+def _model_summary(provider: Provider, limiter: trio.CapacityLimiter) -> Summarize | None:
+    """Consolidation summarizes episodes with the model, when there is a real one."""
+    if provider.name == "offline":
+        return None
+
+    async def summarize(episodes: Sequence[str]) -> str:
+        request = ModelRequest(
+            system=(
+                "You condense a bot's notes of past conversations into a few short factual "
+                "statements. Keep every name, number, date, place and preference the user "
+                "mentioned; leave out small talk. Answer with the statements only, one per line."
+            ),
+            context="",
+            messages=(UserText("\n".join(episodes)),),
+            max_tokens=400,
+        )
+        async with limiter:
+            response = await provider.complete(request)
+        if not response.text.strip():
+            raise ValueError("the model's summary was empty")
+        return response.text.strip()
+
+    return summarize
 
 
 def _telegram(

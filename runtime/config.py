@@ -86,6 +86,8 @@ class Config:
     mailbox_size: int = attrs.field(default=64, validator=_positive)
     session_idle_seconds: float = attrs.field(default=300.0, validator=_positive)
     max_tool_rounds: int = attrs.field(default=8, validator=_positive)
+    prompt_token_budget: int = attrs.field(default=2000, validator=attrs.validators.ge(200))
+    consolidate_every_seconds: float = attrs.field(default=3600.0, validator=attrs.validators.ge(0))
     model_concurrency: int = attrs.field(default=16, validator=_positive)
     model_timeout_seconds: float = attrs.field(default=60.0, validator=_positive)
     model_max_retries: int = attrs.field(default=3, validator=attrs.validators.ge(0))

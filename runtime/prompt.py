@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
+
+import attrs
 
 from runtime.botcore import HistoryEntry, Identity, Memory
 from runtime.llm import AssistantTurn, Message, ModelRequest, ToolSpec, UserText
+from runtime.tokens import TokenCounter
 
 
 def system_prompt(identity: Identity) -> str:
@@ -34,8 +38,41 @@ def system_prompt(identity: Identity) -> str:
 def memory_context(memories: Sequence[Memory]) -> str:
     """The part that changes each turn: the memories recalled for this message."""
     lines = [f"## What you remember ({len(memories)})"]
-    lines.extend(f"- [{m.type.value}] {m.content}" for m in memories)
+    lines.extend(_memory_line(m) for m in memories)
     return "\n".join(lines)
+
+
+def _memory_line(memory: Memory) -> str:
+    return f"- [{memory.type.value}] {memory.content}"
+
+
+MESSAGE_OVERHEAD = 4
+"""Tokens a message costs beyond its text (role and separators), as OpenAI counts them."""
+SUMMARY_TOKENS = 150
+"""At most this much of the budget goes to the summary of older history."""
+
+
+@attrs.frozen
+class PromptTokens:
+    """Where the prompt's tokens went; `total` is within `budget` (the user's message,
+    `message`, is not counted against it)."""
+
+    budget: int
+    identity: int
+    tools: int
+    memories: int
+    history: int
+    summary: int
+    message: int
+    memories_left_out: int
+    history_left_out: int
+
+    @property
+    def total(self) -> int:
+        return self.identity + self.tools + self.memories + self.history + self.summary
+
+    def as_dict(self) -> dict[str, int]:
+        return {**attrs.asdict(self), "total": self.total}
 
 
 def build_request(
@@ -46,16 +83,90 @@ def build_request(
     tools: tuple[ToolSpec, ...],
     *,
     max_tokens: int = 1024,
-) -> ModelRequest:
+    budget: int = 2000,
+    counter: TokenCounter,
+) -> tuple[ModelRequest, PromptTokens]:
+    """The request for one turn, fitted into `budget` tokens: identity first, then the most
+    relevant memories (up to half of what is left), then the most recent history, and older
+    history as a short running summary."""
+    count = counter.count
+    tool_tokens = count(_tools_text(tools)) if tools else 0
+    left = budget - tool_tokens
+    system = system_prompt(identity)
+    if count(system) > left:  # an identity larger than the budget is cut, the budget kept
+        system = counter.truncate(system, max(left, 0))
+    identity_tokens = count(system)
+    left -= identity_tokens
+
+    chosen: list[Memory] = []
+    memory_tokens = count(memory_context(())) + 1
+    for memory in memories:
+        cost = count(_memory_line(memory)) + 1
+        if memory_tokens + cost > left // 2:
+            break
+        chosen.append(memory)
+        memory_tokens += cost
+    if memory_tokens > left:
+        memory_tokens = 0
+    left -= memory_tokens
+
+    kept: list[HistoryEntry] = []
+    history_tokens = 0
+    reserve = min(SUMMARY_TOKENS, left // 4) if history else 0
+    for entry in reversed(history):
+        cost = count(entry.content) + MESSAGE_OVERHEAD
+        if history_tokens + cost > left - reserve:
+            break
+        kept.append(entry)
+        history_tokens += cost
+    kept.reverse()
+    while kept and kept[0].role != "user":  # a conversation starts with the user
+        history_tokens -= count(kept.pop(0).content) + MESSAGE_OVERHEAD
+    left -= history_tokens
+
+    older = history[: len(history) - len(kept)]
+    context = memory_context(chosen) if memory_tokens else ""
+    summary_tokens = 0
+    if older and left > 16:
+        summary = counter.truncate(_summary(older), left - 2)
+        summary_tokens = count(summary) + 2
+        context = f"{context}\n\n{summary}" if context else summary
+
     messages: list[Message] = [
         UserText(entry.content) if entry.role == "user" else AssistantTurn(entry.content)
-        for entry in history
+        for entry in kept
     ]
     messages.append(UserText(text))
-    return ModelRequest(
-        system=system_prompt(identity),
-        context=memory_context(memories),
+    request = ModelRequest(
+        system=system,
+        context=context,
         messages=tuple(messages),
         tools=tools,
         max_tokens=max_tokens,
+    )
+    return request, PromptTokens(
+        budget=budget,
+        identity=identity_tokens,
+        tools=tool_tokens,
+        memories=memory_tokens,
+        history=history_tokens,
+        summary=summary_tokens,
+        message=count(text) + MESSAGE_OVERHEAD,
+        memories_left_out=len(memories) - len(chosen),
+        history_left_out=len(older),
+    )
+
+
+def _summary(older: Sequence[HistoryEntry]) -> str:
+    """Older turns in a few words: what the user said, the latest first."""
+    said = [" ".join(e.content.split())[:200] for e in reversed(older) if e.role == "user"]
+    return "## Earlier in this conversation, the user said\n" + "\n".join(f"- {s}" for s in said)
+
+
+def _tools_text(tools: tuple[ToolSpec, ...]) -> str:
+    return json.dumps(
+        [
+            {"name": t.name, "description": t.description, "input_schema": t.parameters}
+            for t in tools
+        ]
     )

@@ -34,7 +34,8 @@ from runtime.llm import (
     Usage,
 )
 from runtime.metrics import Metrics
-from runtime.prompt import build_request
+from runtime.prompt import PromptTokens, build_request
+from runtime.tokens import TokenCounter
 from runtime.tools import ToolContext, ToolExecutor, ToolRegistry
 
 log = logging.getLogger("runtime.session")
@@ -55,9 +56,10 @@ class Phase(enum.StrEnum):
 @attrs.frozen
 class TurnLimits:
     max_tool_rounds: int = 8
-    recall_limit: int = 5
-    history_limit: int = 20
+    recall_limit: int = 8
+    history_limit: int = 40
     max_tokens: int = 1024
+    prompt_token_budget: int = 2000
 
 
 @attrs.frozen
@@ -71,6 +73,7 @@ class Turn:
     visited: tuple[Phase, ...] = (Phase.RECEIVED,)
     memories: tuple[Memory, ...] = ()
     request: ModelRequest | None = None
+    prompt_tokens: PromptTokens | None = None
     answer: str = ""
     rounds: int = 0
     tools_used: int = 0
@@ -93,6 +96,9 @@ class Turn:
             session_id=self.session_id,
             turn_id=self.turn_id,
             memories_recalled=len(self.memories),
+            prompt_tokens=(
+                tuple(self.prompt_tokens.as_dict().items()) if self.prompt_tokens else ()
+            ),
             tools_used=self.tools_used,
             states=tuple(p.value for p in self.visited),
             model=self.model,
@@ -121,6 +127,7 @@ class Recalled:
 @attrs.frozen
 class PromptBuilt:
     request: ModelRequest
+    tokens: PromptTokens
 
 
 @attrs.frozen
@@ -169,6 +176,7 @@ class BuildPrompt:
     history: tuple[HistoryEntry, ...]
     text: str
     max_tokens: int
+    budget: int
 
 
 @attrs.frozen
@@ -212,10 +220,19 @@ def step(turn: Turn, event: Event, limits: TurnLimits) -> tuple[Turn, Effect | N
             )
         case Phase.RECALLING, Recalled(identity, memories, history):
             return turn.to(Phase.PROMPTING, memories=memories), BuildPrompt(
-                identity, memories, history, turn.text, limits.max_tokens
+                identity,
+                memories,
+                history,
+                turn.text,
+                limits.max_tokens,
+                limits.prompt_token_budget,
             )
-        case Phase.PROMPTING, PromptBuilt(request):
-            return turn.to(Phase.CALLING_MODEL, request=request), CallModel(request)
+        case Phase.PROMPTING, PromptBuilt(request, tokens):
+            # The model sees the best memories that fit the budget: a prefix of those recalled.
+            seen = turn.memories[: len(turn.memories) - tokens.memories_left_out]
+            return turn.to(
+                Phase.CALLING_MODEL, request=request, prompt_tokens=tokens, memories=seen
+            ), CallModel(request)
         case Phase.CALLING_MODEL, ModelAnswered(response):
             return _answered(turn, response, limits)
         case Phase.DISPATCHING_TOOLS, ToolsFinished(results):
@@ -288,6 +305,7 @@ class SessionServices:
     metrics: Metrics = attrs.field(factory=Metrics)
     limits: TurnLimits = TurnLimits()
     turn_timeout: float = 120.0
+    tokens: TokenCounter = attrs.field(factory=TokenCounter)
 
 
 class SessionActor:
@@ -381,11 +399,18 @@ class SessionActor:
                 memories = await bot.memory.recall(query, limit=limit)
                 history = await bot.history.recent(self.session_key, history_limit)
                 return Recalled(identity, tuple(memories), tuple(history))
-            case BuildPrompt(identity, memories, history, text, max_tokens):
-                request = build_request(
-                    identity, memories, history, text, services.tools.specs(), max_tokens=max_tokens
+            case BuildPrompt(identity, memories, history, text, max_tokens, budget):
+                request, tokens = build_request(
+                    identity,
+                    memories,
+                    history,
+                    text,
+                    services.tools.specs(),
+                    max_tokens=max_tokens,
+                    budget=budget,
+                    counter=services.tokens,
                 )
-                return PromptBuilt(request)
+                return PromptBuilt(request, tokens)
             case CallModel(request):
                 on_text = lambda text: inbound.responder.progress(TextDelta(text))  # noqa: E731
                 metrics = services.metrics

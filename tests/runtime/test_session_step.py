@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import attrs
 import pytest
 
 from adapters import ReplyError
@@ -18,6 +19,7 @@ from runtime.llm import (
     Usage,
     UserText,
 )
+from runtime.prompt import PromptTokens
 from runtime.session import (
     BuildPrompt,
     CallModel,
@@ -40,7 +42,7 @@ from runtime.session import (
     step,
 )
 
-LIMITS = TurnLimits(max_tool_rounds=2, recall_limit=3, history_limit=4)
+LIMITS = TurnLimits(max_tool_rounds=2, recall_limit=3, history_limit=4, prompt_token_budget=900)
 REQUEST = ModelRequest("system", "context", (UserText("hi"),))
 MEMORY = Memory(1, "my cat is called Miso", MemoryType.FACTUAL, 0.5, 0.0, 1.0)
 CALL = ToolCall("t1", "memory_store", {"content": "x"})
@@ -66,13 +68,18 @@ def test_recalled_memories_go_into_the_prompt() -> None:
     event = Recalled(Identity(name="Pip"), (MEMORY,), ())
     nxt, effect = step(turn(Phase.RECALLING), event, LIMITS)
     assert nxt.phase is Phase.PROMPTING and nxt.memories == (MEMORY,)
-    assert effect == BuildPrompt(Identity(name="Pip"), (MEMORY,), (), "hi", 1024)
+    assert effect == BuildPrompt(Identity(name="Pip"), (MEMORY,), (), "hi", 1024, 900)
 
 
-def test_built_prompt_is_sent_to_the_model() -> None:
-    nxt, effect = step(turn(Phase.PROMPTING), PromptBuilt(REQUEST), LIMITS)
+def test_built_prompt_is_sent_to_the_model_with_the_memories_that_fit() -> None:
+    other = attrs.evolve(MEMORY, id=2, content="a memory that did not fit")
+    tokens = PromptTokens(900, 100, 300, 20, 0, 0, 5, memories_left_out=1, history_left_out=0)
+    prompting = turn(Phase.PROMPTING, memories=(MEMORY, other))
+    nxt, effect = step(prompting, PromptBuilt(REQUEST, tokens), LIMITS)
     assert nxt.phase is Phase.CALLING_MODEL and nxt.request == REQUEST
+    assert nxt.memories == (MEMORY,) and nxt.prompt_tokens == tokens
     assert effect == CallModel(REQUEST)
+    assert dict(nxt.reply().prompt_tokens)["total"] == 420
 
 
 def test_a_plain_answer_is_stored_with_its_usage() -> None:
