@@ -16,8 +16,8 @@ import math
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
+from typing import Any, Protocol, TypeVar
 
 import attrs
 import cattrs
@@ -52,6 +52,7 @@ from adapters.webhook import (
 
 log = logging.getLogger("adapters.http")
 
+T = TypeVar("T")
 _SESSION_ID = re.compile(r"^[\w.:@-]{1,128}$")
 _ERROR_STATUS = {
     "provider": 502,
@@ -79,6 +80,38 @@ class MessageRequest:
     session_id: str | None = None
     message_id: str | None = None
     stream: bool = False
+
+
+@attrs.frozen
+class RecallRequest:
+    query: str
+    limit: int = 5
+    types: list[str] | None = None
+
+
+@attrs.frozen
+class StoreRequest:
+    content: str
+    type: str = "factual"
+    importance: float = 0.5
+    metadata: dict[str, Any] = attrs.field(factory=dict)
+
+
+class MemoryEndpoints(Protocol):
+    """The bot's memory as the HTTP API offers it (BotCoreBot's memory API). Invalid input
+    raises `ValueError` with a message for the client."""
+
+    async def recall(
+        self, query: str, limit: int, types: Sequence[str] | None
+    ) -> list[dict[str, Any]]: ...
+
+    async def store(
+        self, content: str, type: str, importance: float, metadata: Mapping[str, Any]
+    ) -> int: ...
+
+    async def consolidate(self) -> dict[str, Any]: ...
+
+    async def stats(self) -> dict[str, Any]: ...
 
 
 class HttpResponder:
@@ -163,8 +196,18 @@ def _exactly(kind: type) -> Callable[[object, type], object]:
     return structure
 
 
+def _number(value: object, _: type) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"expected a number, got {type(value).__name__}")
+    return float(value)
+
+
 _converter.register_structure_hook(str, _exactly(str))
 _converter.register_structure_hook(bool, _exactly(bool))
+_converter.register_structure_hook(int, _exactly(int))
+_converter.register_structure_hook(float, _number)
+_strict = _converter.copy(forbid_extra_keys=True)
+"""For the memory API: an unknown field is an error, named in the answer."""
 
 
 def reply_status(reply: Reply) -> int:
@@ -180,6 +223,7 @@ def create_app(
     webhooks: Mapping[str, WebhookSource] | None = None,
     callbacks: CallbackSender | None = None,
     telegram: TelegramWebhook | None = None,
+    memory: MemoryEndpoints | None = None,
 ) -> QuartTrio:
     app = QuartTrio("botcorebot")
     clients = (
@@ -319,6 +363,43 @@ def create_app(
             return _json(reply_body(reply), reply_status(reply))
         raise ApiError(504, "timeout", f"no reply within {settings.reply_timeout:g}s")
 
+    def memory_api() -> MemoryEndpoints:
+        if memory is None:
+            raise ApiError(404, "not_found", "the memory API is not enabled")
+        return memory
+
+    @app.post("/api/v1/memory/recall")
+    async def memory_recall() -> Response:
+        endpoints = memory_api()
+        asked = await _read_json(RecallRequest, _strict)
+        if not asked.query.strip():
+            raise ApiError(400, "invalid_request", "'query' must not be empty")
+        if not 1 <= asked.limit <= 100:
+            raise ApiError(400, "invalid_request", "'limit' must be between 1 and 100")
+        started = time.perf_counter()
+        with _invalid():
+            results = await endpoints.recall(asked.query, asked.limit, asked.types)
+        took = round((time.perf_counter() - started) * 1000, 2)
+        return _json({"results": results, "took_ms": took}, 200)
+
+    @app.post("/api/v1/memory/store")
+    async def memory_store() -> Response:
+        endpoints = memory_api()
+        given = await _read_json(StoreRequest, _strict)
+        with _invalid():
+            memory_id = await endpoints.store(
+                given.content, given.type, given.importance, given.metadata
+            )
+        return _json({"id": memory_id, "success": True}, 200)
+
+    @app.post("/api/v1/memory/consolidate")
+    async def memory_consolidate() -> Response:
+        return _json(await memory_api().consolidate(), 200)
+
+    @app.get("/api/v1/memory/stats")
+    async def memory_stats() -> Response:
+        return _json(await memory_api().stats(), 200)
+
     @app.post("/telegram/webhook")
     async def telegram_update() -> Response:
         if telegram is None:
@@ -340,6 +421,15 @@ def create_app(
 
 
 @contextlib.contextmanager
+def _invalid() -> Iterator[None]:
+    """A `ValueError` from the bot (an unknown memory type...) is the client's 400."""
+    try:
+        yield
+    except ValueError as exc:
+        raise ApiError(400, "invalid_request", str(exc)) from None
+
+
+@contextlib.contextmanager
 def _refusals() -> Iterator[None]:
     """The runtime's refusals (`Busy`, `Unavailable`) as HTTP errors."""
     try:
@@ -351,7 +441,8 @@ def _refusals() -> Iterator[None]:
         raise ApiError(503, "unavailable", str(exc), {"Retry-After": "5"}) from exc
 
 
-async def _read_message(settings: HttpSettings) -> MessageRequest:
+async def _read_json(model: type[T], converter: cattrs.Converter = _converter) -> T:
+    """The JSON body as `model`, or a 4xx naming what is wrong."""
     if request.mimetype != "application/json":
         raise ApiError(
             415,
@@ -364,9 +455,9 @@ async def _read_message(settings: HttpSettings) -> MessageRequest:
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ApiError(400, "invalid_json", f"the body is not valid JSON: {exc}") from None
     if not isinstance(data, dict):
-        raise ApiError(400, "invalid_request", "the body must be a JSON object with a 'message'")
+        raise ApiError(400, "invalid_request", "the body must be a JSON object")
     try:
-        payload = _converter.structure(data, MessageRequest)
+        return converter.structure(data, model)
     except cattrs.ClassValidationError as exc:
         # "required field missing @ $.message" → "'message': required field missing"
         problems = "; ".join(
@@ -374,6 +465,10 @@ async def _read_message(settings: HttpSettings) -> MessageRequest:
             for what, _, where in (m.partition(" @ $.") for m in cattrs.transform_error(exc))
         )
         raise ApiError(400, "invalid_request", problems) from None
+
+
+async def _read_message(settings: HttpSettings) -> MessageRequest:
+    payload = await _read_json(MessageRequest)
     if not payload.message.strip():
         raise ApiError(400, "invalid_request", "'message' must not be empty")
     if len(payload.message) > settings.max_message_chars:

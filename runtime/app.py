@@ -29,6 +29,7 @@ from runtime.inbox import Inbox, InboxEntry
 from runtime.llm import ModelRequest, Provider, UserText
 from runtime.llm.fallback import FallbackProvider
 from runtime.llm.select import choose_models, open_provider
+from runtime.memory_api import MemoryApi
 from runtime.metrics import Metrics
 from runtime.session import Job, SessionActor, SessionServices, TurnLimits
 from runtime.tools import ToolExecutor, ToolRegistry, builtin_tools
@@ -142,7 +143,7 @@ class Runtime:
         self._accepting = False
         self._closing = False
         self._background = trio.CancelScope()
-        self.summarize = _model_summary(provider, self.services.model_limiter)
+        self.summarize = model_summary(provider, self.services.model_limiter)
 
     @property
     def accepting(self) -> bool:
@@ -317,7 +318,7 @@ class Runtime:
         }
 
 
-def _model_summary(provider: Provider, limiter: trio.CapacityLimiter) -> Summarize | None:
+def model_summary(provider: Provider, limiter: trio.CapacityLimiter) -> Summarize | None:
     """Consolidation summarizes episodes with the model, when there is a real one."""
     if provider.name == "offline":
         return None
@@ -421,6 +422,7 @@ async def serve(
                 metrics=runtime.metrics.render,
                 webhooks=webhooks,
                 callbacks=callbacks,
+                memory=MemoryApi(bot, runtime.summarize),
                 telegram=(
                     TelegramWebhook(config.telegram_webhook_secret, telegram.handle)
                     if telegram is not None and config.telegram_webhook_secret

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import json
 import logging
 import os
 import signal
@@ -14,7 +15,7 @@ from pathlib import Path
 import trio
 
 from adapters import ChannelError, Inbound, Progress, Reply, TextDelta
-from runtime.app import Runtime, open_model, serve
+from runtime.app import Runtime, model_summary, open_model, serve
 from runtime.botcore import Bot, BotCoreError
 from runtime.config import Config, ConfigError
 from runtime.llm import ProviderError
@@ -40,6 +41,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     dead_cmd.add_argument(
         "--retry", type=int, metavar="ID", help="handle this one again at next start"
     )
+    memory_cmd = commands.add_parser("memory", help="search, add, export, import the bot's memory")
+    memory_cmd.add_argument("--workspace", type=Path)
+    memory = memory_cmd.add_subparsers(dest="action", required=True)
+    search = memory.add_parser("search", help="recall the best matches for a query")
+    search.add_argument("query")
+    search.add_argument("--limit", type=int, default=10)
+    search.add_argument("--type", action="append", dest="types", help="only this type (repeatable)")
+    add = memory.add_parser("add", help="store a memory")
+    add.add_argument("text")
+    add.add_argument("--type", default="factual")
+    add.add_argument("--importance", type=float, default=0.5)
+    export = memory.add_parser("export", help="every memory as JSON Lines, to stdout or a file")
+    export.add_argument("file", nargs="?", type=Path)
+    load = memory.add_parser("import", help="add memories from JSON Lines (a file or - for stdin)")
+    load.add_argument("file")
+    memory.add_parser("stats", help="how many memories of each type, how old")
+    memory.add_parser("consolidate", help="fold old episodes into summaries, forget faded memories")
     args = parser.parse_args(argv)
 
     if args.command == "init":
@@ -64,6 +82,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             trio.run(_chat, config, args.session)
         elif args.command == "deadletters":
             trio.run(_deadletters, config, args.retry)
+        elif args.command == "memory":
+            return trio.run(_memory, config, args)
     except BaseException as exc:
         leaves = list(_leaves(exc))
         if all(isinstance(leaf, KeyboardInterrupt) for leaf in leaves):
@@ -178,6 +198,69 @@ async def _deadletters(config: Config, retry: int | None) -> None:
         for entry in entries:
             reason = entry.reply.error.message if entry.reply and entry.reply.error else ""
             print(f"{entry.id}\t{entry.session_key}\t{entry.text[:60]!r}\t{reason}")
+
+
+async def _memory(config: Config, args: argparse.Namespace) -> int:
+    from runtime.memory_api import MemoryApi, memory_from_json
+
+    async with await Bot.open(config.workspace, config.db_path) as bot:
+        if args.action == "consolidate":
+            provider = open_model(config)
+            try:
+                summarize = model_summary(provider, trio.CapacityLimiter(1))
+                result = await MemoryApi(bot, summarize).consolidate()
+            finally:
+                await provider.aclose()
+            stats = result["stats"]
+            print(
+                f"{stats['memories_before']} → {stats['memories_after']} memories: "
+                f"{stats['merged']} episodes summarized, {stats['forgotten']} forgotten"
+            )
+            return 0
+        api = MemoryApi(bot)
+        if args.action == "search":
+            results = await api.recall(args.query, args.limit, args.types)
+            if not results:
+                print("nothing recalled")
+            for m in results:
+                print(
+                    f"{m['id']:>6}  {m['type']:<10}  confidence {m['confidence']:.2f}"
+                    f"  strength {m['strength']:.2f}  {m['content']}"
+                )
+        elif args.action == "add":
+            memory_id = await api.store(args.text, args.type, args.importance, {"source": "cli"})
+            print(f"stored memory {memory_id}")
+        elif args.action == "stats":
+            print(json.dumps(await api.stats(), indent=2))
+        elif args.action == "export":
+            lines = list(await api.export())
+            text = "".join(line + "\n" for line in lines)
+            if args.file is None:
+                sys.stdout.write(text)
+            else:
+                await trio.Path(args.file).write_text(text, encoding="utf-8")
+                print(f"exported {len(lines)} memories to {args.file}", file=sys.stderr)
+        elif args.action == "import":
+            source = (
+                sys.stdin.read()
+                if args.file == "-"
+                else await trio.Path(args.file).read_text(encoding="utf-8")
+            )
+            memories, bad = [], 0
+            for number, line in enumerate(source.splitlines(), start=1):
+                if not line.strip():
+                    continue
+                try:
+                    memories.append(memory_from_json(json.loads(line)))
+                except (ValueError, json.JSONDecodeError) as exc:
+                    bad += 1
+                    print(f"line {number}: skipped: {exc}", file=sys.stderr)
+            added, reinforced = await bot.memory.load(memories)
+            print(
+                f"imported {added} memories ({reinforced} reinforced existing ones, {bad} skipped)"
+            )
+            return 1 if bad else 0
+    return 0
 
 
 if __name__ == "__main__":

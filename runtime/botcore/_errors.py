@@ -13,5 +13,5 @@ class OutsideWorkspace(BotCoreError):
     """A path leads outside the workspace (`..`, `~`, an absolute path, a symlink)."""
 
 
-class InvalidMemory(BotCoreError):
+class InvalidMemory(BotCoreError, ValueError):
     """A memory that cannot be stored as given."""

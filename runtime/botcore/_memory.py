@@ -204,13 +204,13 @@ class MemoryStore:
         """The memories that best match `query`, best first; each recall strengthens them.
 
         Ranking: BM25 relevance, weighted by importance and by strength (activation)."""
-        terms = query_terms(query)
-        if not terms or limit <= 0:
-            return []
         try:
             kinds = [MemoryType(t).value for t in types] if types else []
         except ValueError as exc:
             raise InvalidMemory(str(exc)) from None
+        terms = query_terms(query)
+        if not terms or limit <= 0:
+            return []
         where = f" AND m.type IN ({', '.join('?' * len(kinds))})" if kinds else ""
         at = time.time() if now is None else now
 

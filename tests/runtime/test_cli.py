@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -141,3 +142,25 @@ async def test_deadletters_lists_them_and_retry_puts_one_back(workspace: Path) -
     assert "no dead letters" in empty.stdout
     async with await Bot.open(workspace) as bot:
         assert [e.text for e in await Inbox(bot.db).unfinished()] == ["poison pill"]
+
+
+def test_memory_add_search_export_import_round_trip(tmp_path: Path) -> None:
+    source, target = tmp_path / "a", tmp_path / "b"
+    for folder in (source, target):
+        assert run_cli("init", str(folder)).returncode == 0
+    env = {**os.environ, "BOTCORE_WORKSPACE": str(source)}
+    added = run_cli("memory", "add", "the spare key is under the blue pot", env=env)
+    assert added.returncode == 0 and "stored memory" in added.stdout
+    found = run_cli("memory", "search", "where is the spare key", env=env)
+    assert "the spare key is under the blue pot" in found.stdout
+    assert "nothing recalled" in run_cli("memory", "search", "zebra", env=env).stdout
+    exported = tmp_path / "memories.jsonl"
+    assert run_cli("memory", "export", str(exported), env=env).returncode == 0
+    exported.write_text(exported.read_text() + "not json\n")
+    env["BOTCORE_WORKSPACE"] = str(target)
+    imported = run_cli("memory", "import", str(exported), env=env)
+    assert imported.returncode == 1  # one bad line: said, and the rest imported
+    assert "imported 1 memories" in imported.stdout and "line 2: skipped" in imported.stderr
+    assert '"total_memories": 1' in run_cli("memory", "stats", env=env).stdout
+    consolidated = run_cli("memory", "consolidate", env=env)
+    assert consolidated.returncode == 0 and "1 → 1 memories" in consolidated.stdout
