@@ -58,6 +58,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     load.add_argument("file")
     memory.add_parser("stats", help="how many memories of each type, how old")
     memory.add_parser("consolidate", help="fold old episodes into summaries, forget faded memories")
+    tasks_cmd = commands.add_parser("tasks", help="print the task graph (.gid/graph.yml)")
+    tasks_cmd.add_argument("--workspace", type=Path)
+    tasks_cmd.add_argument("--ready", action="store_true", help="only tasks that can start now")
     args = parser.parse_args(argv)
 
     if args.command == "init":
@@ -82,6 +85,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             trio.run(_chat, config, args.session)
         elif args.command == "deadletters":
             trio.run(_deadletters, config, args.retry)
+        elif args.command == "tasks":
+            trio.run(_tasks, config, args.ready)
         elif args.command == "memory":
             return trio.run(_memory, config, args)
     except BaseException as exc:
@@ -198,6 +203,26 @@ async def _deadletters(config: Config, retry: int | None) -> None:
         for entry in entries:
             reason = entry.reply.error.message if entry.reply and entry.reply.error else ""
             print(f"{entry.id}\t{entry.session_key}\t{entry.text[:60]!r}\t{reason}")
+
+
+async def _tasks(config: Config, ready: bool) -> None:
+    from runtime.botcore import TaskGraph
+
+    graph = await TaskGraph(config.workspace.resolve()).load()
+    if graph.name:
+        print(f"{graph.name}" + (f": {graph.description}" if graph.description else ""))
+    ready_ids = {n.id for n in graph.ready()}
+    shown = [n for n in graph.nodes if n.id in ready_ids] if ready else list(graph.nodes)
+    if not shown:
+        print("no tasks are ready" if ready else "no tasks yet (.gid/graph.yml)")
+    for node in shown:
+        mark = "x" if node.done else ">" if node.id in ready_ids else " "
+        after = f"  ← {', '.join(node.depends_on)}" if node.depends_on else ""
+        print(f"[{mark}] {node.id:<24} {node.title}  ({node.type}, {node.status}){after}")
+        for checked, text in node.checklist:
+            print(f"      [{'x' if checked else ' '}] {text}")
+    for cycle in graph.cycles:
+        print(f"warning: a cycle in depends_on: {' → '.join(cycle)}", file=sys.stderr)
 
 
 async def _memory(config: Config, args: argparse.Namespace) -> int:

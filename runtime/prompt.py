@@ -66,6 +66,7 @@ class PromptTokens:
     message: int
     memories_left_out: int
     history_left_out: int
+    tools_left_out: int = 0
 
     @property
     def total(self) -> int:
@@ -86,17 +87,21 @@ def build_request(
     budget: int = 2000,
     counter: TokenCounter,
 ) -> tuple[ModelRequest, PromptTokens]:
-    """The request for one turn, fitted into `budget` tokens: identity first, then the most
-    relevant memories (up to half of what is left), then the most recent history, and older
-    history as a short running summary."""
+    """The request for one turn, fitted into `budget` tokens: identity first, the tools'
+    definitions, then the most relevant memories (up to half of what is left), then the most
+    recent history, and older history as a short running summary. Only a budget too small
+    for identity and tools costs tools (the last ones, reported in `tools_left_out`)."""
     count = counter.count
-    tool_tokens = count(_tools_text(tools)) if tools else 0
-    left = budget - tool_tokens
     system = system_prompt(identity)
-    if count(system) > left:  # an identity larger than the budget is cut, the budget kept
-        system = counter.truncate(system, max(left, 0))
+    if count(system) > budget:  # an identity larger than the budget is cut, the budget kept
+        system = counter.truncate(system, budget)
     identity_tokens = count(system)
-    left -= identity_tokens
+    left = budget - identity_tokens
+    fitted = list(tools)
+    while fitted and count(_tools_text(tuple(fitted))) > left:
+        fitted.pop()  # the last tools are dropped when even they do not fit
+    tool_tokens = count(_tools_text(tuple(fitted))) if fitted else 0
+    left -= tool_tokens
 
     chosen: list[Memory] = []
     memory_tokens = count(memory_context(())) + 1
@@ -141,7 +146,7 @@ def build_request(
         system=system,
         context=context,
         messages=tuple(messages),
-        tools=tools,
+        tools=tuple(fitted),
         max_tokens=max_tokens,
     )
     return request, PromptTokens(
@@ -154,6 +159,7 @@ def build_request(
         message=count(text) + MESSAGE_OVERHEAD,
         memories_left_out=len(memories) - len(chosen),
         history_left_out=len(older),
+        tools_left_out=len(tools) - len(fitted),
     )
 
 

@@ -11,7 +11,8 @@ Errors::
     BotCoreError
     ├── WorkspaceError   the workspace is missing or unreadable
     ├── OutsideWorkspace a file path leads outside the workspace
-    └── InvalidMemory    a memory with no content, an unknown type, importance outside [0, 1]
+    ├── InvalidMemory    a memory with no content, an unknown type, importance outside [0, 1]
+    └── TaskGraphError   .gid/graph.yml cannot be read, or a task asked for is not in it
 """
 
 from runtime.botcore._bot import Bot, BotTools
@@ -25,10 +26,10 @@ from runtime.botcore._consolidation import (
 from runtime.botcore._db import Database
 from runtime.botcore._errors import BotCoreError, InvalidMemory, OutsideWorkspace, WorkspaceError
 from runtime.botcore._files import FileTools
+from runtime.botcore._gid import GraphView, TaskGraph, TaskGraphError, TaskNode
 from runtime.botcore._history import History, HistoryEntry
 from runtime.botcore._identity import Identity, IdentityFiles
 from runtime.botcore._memory import Memory, MemoryStats, MemoryStore, MemoryType
-from runtime.botcore._tasks import Task, Tasks
 
 __all__ = [
     "Bot",
@@ -37,6 +38,7 @@ __all__ = [
     "ConsolidationStats",
     "Database",
     "FileTools",
+    "GraphView",
     "History",
     "HistoryEntry",
     "Identity",
@@ -49,8 +51,9 @@ __all__ = [
     "OutsideWorkspace",
     "RetentionPolicy",
     "Summarize",
-    "Task",
-    "Tasks",
+    "TaskGraph",
+    "TaskGraphError",
+    "TaskNode",
     "WorkspaceError",
     "consolidate",
     "extractive_summary",

@@ -10,10 +10,10 @@ import trio
 from runtime.botcore._db import Database
 from runtime.botcore._errors import WorkspaceError
 from runtime.botcore._files import FileTools
+from runtime.botcore._gid import TaskGraph
 from runtime.botcore._history import History
 from runtime.botcore._identity import IdentityFiles
 from runtime.botcore._memory import MemoryStore
-from runtime.botcore._tasks import Tasks
 
 
 @attrs.frozen
@@ -30,7 +30,7 @@ class Bot:
         self.identity = IdentityFiles(workspace)
         self.memory = MemoryStore(db)
         self.history = History(db)
-        self.tasks = Tasks(db)
+        self.tasks = TaskGraph(workspace)
         self.tools = BotTools(fs=FileTools(workspace, db))
 
     @classmethod

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 
-from runtime.botcore import MemoryType
+from runtime.botcore import MemoryType, TaskNode
 from runtime.llm import ToolSpec
 from runtime.tools.registry import Tool, ToolContext
 
@@ -66,6 +66,52 @@ async def _store(context: ToolContext, args: JSONObject) -> str:
         metadata={"session": context.session_key},
     )
     return json.dumps({"id": memory_id, "stored": True})
+
+
+def _task_line(task: TaskNode) -> str:
+    after = f" (after {', '.join(task.depends_on)})" if task.depends_on else ""
+    return f"[{'x' if task.done else ' '}] {task.id}: {task.title} ({task.status}){after}"
+
+
+async def _task_create(context: ToolContext, args: JSONObject) -> str:
+    task = await context.bot.tasks.create(
+        str(args["title"]),
+        type=str(args.get("type", "task")),
+        description=str(args.get("description", "")),
+        depends_on=[str(d) for d in _strings(args.get("depends_on"))],
+        tags=[str(t) for t in _strings(args.get("tags"))],
+    )
+    return f"created {_task_line(task)}"
+
+
+async def _task_update(context: ToolContext, args: JSONObject) -> str:
+    status, title = args.get("status"), args.get("title")
+    description = args.get("description")
+    task = await context.bot.tasks.update(
+        str(args["id"]),
+        status=None if status is None else str(status),
+        title=None if title is None else str(title),
+        description=None if description is None else str(description),
+        depends_on=[str(d) for d in _strings(args.get("depends_on"))],
+    )
+    return f"updated {_task_line(task)}"
+
+
+async def _task_list(context: ToolContext, args: JSONObject) -> str:
+    graph = await context.bot.tasks.load()
+    tasks = graph.ready() if args.get("ready") else list(graph.nodes)
+    if args.get("status"):
+        tasks = [t for t in tasks if t.status == args["status"]]
+    lines = [_task_line(t) for t in tasks] or ["(no tasks)"]
+    lines += [f"cycle in depends_on: {' -> '.join(cycle)}" for cycle in graph.cycles]
+    return "\n".join(lines)
+
+
+def _strings(value: object) -> list[object]:
+    return list(value) if isinstance(value, list) else []
+
+
+_IDS = {"type": "array", "items": {"type": "string", "minLength": 1}}
 
 
 def builtin_tools() -> list[Tool]:
@@ -131,5 +177,43 @@ def builtin_tools() -> list[Tool]:
                 ),
             ),
             _store,
+        ),
+        Tool(
+            ToolSpec(
+                "task_create",
+                "Add a task to the bot's task graph (.gid/graph.yml); returns its id.",
+                _schema(
+                    ["title"],
+                    title={"type": "string", "minLength": 1},
+                    description={"type": "string"},
+                    type={"type": "string", "description": "task, feature, issue ..."},
+                    depends_on={**_IDS, "description": "ids of tasks to finish first"},
+                    tags=_IDS,
+                ),
+            ),
+            _task_create,
+        ),
+        Tool(
+            ToolSpec(
+                "task_update",
+                "Change a task's status, title or description, or add dependencies.",
+                _schema(
+                    ["id"],
+                    id={"type": "string", "minLength": 1},
+                    status={"type": "string", "description": "todo, in_progress, blocked, done"},
+                    title={"type": "string", "minLength": 1},
+                    description={"type": "string"},
+                    depends_on=_IDS,
+                ),
+            ),
+            _task_update,
+        ),
+        Tool(
+            ToolSpec(
+                "task_list",
+                "List the tasks; ready=true lists only those that can start now.",
+                _schema([], ready={"type": "boolean"}, status={"type": "string"}),
+            ),
+            _task_list,
         ),
     ]

@@ -117,14 +117,6 @@ async def test_absolute_path_inside_the_workspace_is_allowed(bot: Bot) -> None:
     assert await bot.tools.fs.read("a.txt") == "inside"
 
 
-async def test_tasks_start_minimal(bot: Bot) -> None:
-    task = await bot.tasks.add("write the docs")
-    await bot.tasks.update(task.id, "done")
-    assert [(t.title, t.status) for t in await bot.tasks.list()] == [("write the docs", "done")]
-    with pytest.raises(ValueError, match="unknown status"):
-        await bot.tasks.update(task.id, "someday")  # type: ignore[arg-type]
-
-
 async def test_opening_a_missing_workspace_says_so(tmp_path: Path) -> None:
     with pytest.raises(WorkspaceError, match="not a folder"):
         await Bot.open(tmp_path / "nope")

@@ -164,3 +164,18 @@ def test_memory_add_search_export_import_round_trip(tmp_path: Path) -> None:
     assert '"total_memories": 1' in run_cli("memory", "stats", env=env).stdout
     consolidated = run_cli("memory", "consolidate", env=env)
     assert consolidated.returncode == 0 and "1 → 1 memories" in consolidated.stdout
+
+
+def test_tasks_prints_the_graph_and_what_is_ready(tmp_path: Path) -> None:
+    workspace = tmp_path / "bot"
+    assert run_cli("init", str(workspace)).returncode == 0
+    (workspace / ".gid").mkdir()
+    graph = Path(__file__).parents[1] / "data" / "gid" / "list-shape.yml"
+    (workspace / ".gid" / "graph.yml").write_bytes(graph.read_bytes())
+    env = {**os.environ, "BOTCORE_WORKSPACE": str(workspace)}
+    everything = run_cli("tasks", env=env)
+    assert everything.returncode == 0, everything.stderr
+    assert "BotCoreBot: A runtime that makes a bot alive" in everything.stdout
+    assert "[x] runtime-core" in everything.stdout and "docs" in everything.stdout
+    ready = run_cli("tasks", "--ready", env=env).stdout
+    assert "[>] telegram" in ready and "docs" not in ready

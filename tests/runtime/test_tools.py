@@ -84,4 +84,7 @@ def test_tool_names_are_unique() -> None:
         "filesystem_list",
         "memory_recall",
         "memory_store",
+        "task_create",
+        "task_update",
+        "task_list",
     }
