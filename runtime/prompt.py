@@ -133,7 +133,7 @@ def build_request(
     context = memory_context(chosen) if memory_tokens else ""
     summary_tokens = 0
     if older and left > 16:
-        summary = counter.truncate(_summary(older), left - 2)
+        summary = counter.truncate(_summary(older), min(SUMMARY_TOKENS, left - 2))
         summary_tokens = count(summary) + 2
         context = f"{context}\n\n{summary}" if context else summary
 

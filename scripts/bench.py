@@ -6,11 +6,14 @@ separate processes on 127.0.0.1, driven over HTTP with httpx2. Every loop is bou
     .venv/bin/python scripts/bench.py load --sessions 1000 --messages 3 --delay-ms 200
     .venv/bin/python scripts/bench.py coldstart
     .venv/bin/python scripts/bench.py idle --sessions 10000
+    .venv/bin/python scripts/bench.py memory --sizes 10000 100000 1000000
+    .venv/bin/python scripts/bench.py tokens
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import random
 import shutil
@@ -375,6 +378,197 @@ def _sessions_live(url: str) -> int:
     return int(float(line.split()[1]))
 
 
+def memory(args: argparse.Namespace) -> None:
+    """Recall quality on the labelled set, then store and recall latency at each size, with
+    the labelled memories hidden among synthetic ones (recall@5 is measured there too)."""
+    trio.run(_memory, args)
+
+
+async def _memory(args: argparse.Namespace) -> None:
+    from runtime.botcore import Bot
+    from runtime.testing.recall_set import RECALL_SET, score_recall
+
+    with tempfile.TemporaryDirectory(prefix="bench-memory-") as folder:
+        async with await Bot.open(folder) as bot:
+            for k in (1, 5):
+                score = await score_recall(bot, k=k)
+                table(
+                    f"labelled set alone: recall@{k}",
+                    [
+                        (f"recall@{k}", f"{score.recall_at_k:.3f} of {score.questions} questions"),
+                        *(
+                            (f"missed {i + 1}", f"{q!r} → {a}")
+                            for i, (q, a) in enumerate(score.misses)
+                        ),
+                    ],
+                )
+    labelled = json.loads(RECALL_SET.read_text(encoding="utf-8"))
+    for size in args.sizes:
+        with tempfile.TemporaryDirectory(prefix="bench-memory-") as folder:
+            started = time.perf_counter()
+            _fill(Path(folder) / "engram.db", size - len(labelled["memories"]))
+            fill_s = time.perf_counter() - started
+            async with await Bot.open(folder) as bot:
+                score = await score_recall(bot, k=5)  # adds the labelled memories: size in all
+                rng = random.Random(11)
+                queries = [q["question"] for q in labelled["questions"]]
+                queries += [" ".join(rng.choices(_VOCABULARY, k=3)) for _ in range(args.queries)]
+                recall_ms = []
+                for query in queries:
+                    t0 = time.perf_counter()
+                    await bot.memory.recall(query, limit=5)
+                    recall_ms.append((time.perf_counter() - t0) * 1000)
+                store_ms = []
+                for i in range(args.stores):
+                    text = _sentence(rng) + f" #{i}"
+                    t0 = time.perf_counter()
+                    await bot.memory.store(text, importance=0.4)
+                    store_ms.append((time.perf_counter() - t0) * 1000)
+                db_mib = (await trio.Path(folder, "engram.db").stat()).st_size / 2**20
+            table(
+                f"{size:,} memories",
+                [
+                    ("recall@5 (labelled, among them)", f"{score.recall_at_k:.3f}"),
+                    (
+                        "recall p50 / p99",
+                        f"{percentile(recall_ms, 50):.2f} / {percentile(recall_ms, 99):.2f} ms ({len(recall_ms)} queries)",
+                    ),
+                    (
+                        "store p50 / p99",
+                        f"{percentile(store_ms, 50):.2f} / {percentile(store_ms, 99):.2f} ms ({len(store_ms)} stores)",
+                    ),
+                    ("database", f"{db_mib:.0f} MiB, filled in {fill_s:.0f} s"),
+                ],
+            )
+
+
+def _word(rng: random.Random) -> str:
+    return "".join(
+        rng.choice("bcdfghjklmnprstvz") + rng.choice("aeiou") for _ in range(rng.randint(2, 4))
+    )
+
+
+_VOCABULARY = sorted({_word(random.Random(n)) for n in range(20_000)})
+_WEIGHTS = [1 / (rank + 1) for rank in range(len(_VOCABULARY))]
+
+
+def _sentence(rng: random.Random) -> str:
+    return " ".join(rng.choices(_VOCABULARY, weights=_WEIGHTS, k=rng.randint(8, 16)))
+
+
+def _fill(path: Path, count: int) -> None:
+    """`count` synthetic memories (Zipf-distributed pseudo-words), written in bulk through
+    the real schema and its FTS triggers; ages and uses spread over a year."""
+    from runtime.botcore._db import _connect
+
+    connection = _connect(path)
+    rng = random.Random(5)
+    now = time.time()
+    kinds = ["factual", "episodic", "relational", "emotional", "procedural", "opinion"]
+    with connection:
+        for start in range(0, count, 50_000):
+            rows = []
+            for _ in range(min(50_000, count - start)):
+                created = now - rng.random() * 365 * 86_400
+                rows.append(
+                    (
+                        _sentence(rng),
+                        rng.choice(kinds),
+                        round(rng.random(), 2),
+                        "{}",
+                        created,
+                        created + rng.random() * (now - created),
+                        rng.randint(0, 5),
+                    )
+                )
+            connection.executemany(
+                "INSERT INTO memories (content, type, importance, metadata, created_at,"
+                " accessed_at, access_count) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                rows,
+            )
+            print(f"  filled {start + len(rows):,} / {count:,}", file=sys.stderr, flush=True)
+    connection.close()
+
+
+def tokens(args: argparse.Namespace) -> None:
+    """A scripted 50-turn conversation on the offline model: prompt tokens per message, and
+    whether the answers about stored facts still find them."""
+    trio.run(_tokens, args)
+
+
+_FACTS = [
+    ("my sister Ana lives in Lisbon", "sister", "Lisbon"),
+    ("the alarm code is 7305", "alarm code", "7305"),
+    ("Leo is allergic to peanuts", "Leo allergic", "peanuts"),
+    ("the boat is moored at pier 7", "boat", "pier 7"),
+    ("the dentist appointment is on 14 January", "dentist appointment", "14 January"),
+    ("the wifi password is on the fridge", "wifi password", "fridge"),
+    ("Tomás's birthday is on 21 March", "Tomás birthday", "21 March"),
+    ("the car is a green Volvo", "car", "Volvo"),
+    ("rent is paid on the 1st of the month", "rent paid", "1st"),
+    ("the spare key is with Mrs. Duarte", "spare key", "Duarte"),
+]
+
+
+async def _tokens(args: argparse.Namespace) -> None:
+    from adapters import Inbound, Reply
+    from runtime.testing import local_config, make_workspace, open_runtime
+
+    script: list[tuple[str, str | None]] = [(f"remember {fact}", None) for fact, _, _ in _FACTS]
+    rng = random.Random(3)
+    while len(script) < 40:
+        script.append((f"let me tell you about my day: {_chatter(rng)}", None))
+    script += [(f"what do you remember about {topic}?", expected) for _, topic, expected in _FACTS]
+    assert len(script) == 50
+
+    class Collect:
+        def __init__(self) -> None:
+            self.done = trio.Event()
+            self.answer: Reply | None = None
+
+        def reply(self, reply: Reply) -> None:
+            self.answer = reply
+            self.done.set()
+
+        def progress(self, event: object) -> None:
+            pass
+
+    with tempfile.TemporaryDirectory(prefix="bench-tokens-") as folder:
+        workspace = make_workspace(Path(folder) / "bot", (DEMO / "IDENTITY.md").read_text())
+        for name in ("SOUL.md", "USER.md"):
+            if (DEMO / name).exists():
+                shutil.copy(DEMO / name, workspace / name)
+        config = local_config(workspace, prompt_token_budget=args.budget)
+        totals, found, asked, rows = [], 0, 0, []
+        async with open_runtime(config) as runtime:
+            for n, (text, expected) in enumerate(script, start=1):
+                collect = Collect()
+                await runtime.deliver(Inbound("bench", "talk", text, collect))
+                await collect.done.wait()
+                reply = collect.answer
+                assert isinstance(reply, Reply)
+                spent = dict(reply.prompt_tokens)
+                totals.append(spent["total"])
+                if expected is not None:
+                    asked += 1
+                    found += expected in reply.message
+                if n in (1, 10, 25, 40, 50):
+                    rows.append((f"turn {n}", ", ".join(f"{k} {v}" for k, v in spent.items() if v)))
+    table(
+        f"50 turns on the offline model, PROMPT_TOKEN_BUDGET={args.budget}",
+        [
+            ("median prompt tokens", f"{statistics.median(totals):.0f}"),
+            ("max prompt tokens", f"{max(totals)} (budget {args.budget})"),
+            ("answers that found the fact", f"{found} / {asked}"),
+            *rows,
+        ],
+    )
+
+
+def _chatter(rng: random.Random) -> str:
+    return " ".join(rng.choices(_VOCABULARY[:400], k=rng.randint(40, 90)))
+
+
 def table(title: str, rows: list[tuple[str, str]]) -> None:
     width = max(len(name) for name, _ in rows)
     print(f"\n{title}")
@@ -407,8 +601,21 @@ def main() -> None:
     )
     idle_cmd.add_argument("--sessions", type=int, default=10_000)
     idle_cmd.add_argument("--idle-seconds", type=int, default=120)
+    memory_cmd = commands.add_parser("memory", help="recall@k, store/recall latency by size")
+    memory_cmd.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
+    memory_cmd.add_argument("--queries", type=int, default=442, help="random queries per size")
+    memory_cmd.add_argument("--stores", type=int, default=300)
+    tokens_cmd = commands.add_parser("tokens", help="prompt tokens over a 50-turn conversation")
+    tokens_cmd.add_argument("--budget", type=int, default=2000)
     args = parser.parse_args()
-    {"load": load, "coldstart": coldstart, "idle": idle}[args.command](args)
+    commands_by_name = {
+        "load": load,
+        "coldstart": coldstart,
+        "idle": idle,
+        "memory": memory,
+        "tokens": tokens,
+    }
+    commands_by_name[args.command](args)
 
 
 if __name__ == "__main__":

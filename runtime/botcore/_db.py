@@ -77,6 +77,12 @@ _SCHEMA = [
         WHERE message_id IS NOT NULL;
     CREATE INDEX inbox_by_state ON inbox(state, id);
     """,
+    # version 2: duplicates are found by a fingerprint of their words (older rows have none,
+    # and are found by the word search alone)
+    """
+    ALTER TABLE memories ADD COLUMN fingerprint TEXT;
+    CREATE INDEX memories_by_fingerprint ON memories(type, fingerprint);
+    """,
 ]
 
 

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import enum
+import hashlib
 import json
 import math
 import re
@@ -71,6 +72,9 @@ THRESHOLD = -7.0
 DUPLICATE = 0.8
 """Word-stem overlap (Jaccard) above which a new memory reinforces an old one."""
 _CANDIDATES = 50
+_NEAR_TERMS = 16
+"""Longer memories (episodes) are matched by fingerprint only: the word search for near
+copies grows with the square of their length."""
 
 
 def activation(uses: int, created_at: float, accessed_at: float, now: float) -> float:
@@ -123,27 +127,34 @@ def remember(
 ) -> tuple[int, bool]:
     """Insert a memory inside the caller's transaction, or reinforce a near-duplicate of the
     same type (one more use, the higher importance): (id, reinforced)."""
+    mine = _stems(content)
+    fingerprint = _fingerprint(mine)
+    candidates = db.execute(
+        "SELECT id, content FROM memories WHERE type = ? AND fingerprint = ? LIMIT 1",
+        (kind.value, fingerprint),
+    ).fetchall()
     terms = query_terms(content)
-    if terms:
-        mine = _stems(content)
-        rows = db.execute(
-            "SELECT m.id, m.content FROM memories_fts JOIN memories m ON m.id = memories_fts.rowid"
-            " WHERE memories_fts MATCH ? AND m.type = ? ORDER BY rank LIMIT 5",
-            (_match(terms), kind.value),
+    if not candidates and 1 < len(terms) <= _NEAR_TERMS:
+        # Memories with all of these words and maybe more (FTS5 stems them; the AND is
+        # cheap: it walks the rarest word's list).
+        candidates = db.execute(
+            "SELECT m.id, m.content FROM memories_fts CROSS JOIN memories m ON m.id = memories_fts.rowid"
+            " WHERE memories_fts MATCH ? AND m.type = ? LIMIT 20",
+            (" AND ".join(f'"{t}"' for t in terms), kind.value),
         ).fetchall()
-        for other_id, other in rows:
-            theirs = _stems(other)
-            if len(mine & theirs) / max(1, len(mine | theirs)) >= DUPLICATE:
-                db.execute(
-                    "UPDATE memories SET access_count = access_count + 1, accessed_at = ?,"
-                    " importance = max(importance, ?) WHERE id = ?",
-                    (now, importance, other_id),
-                )
-                return other_id, True
+    for other_id, other in candidates:
+        theirs = _stems(other)
+        if len(mine & theirs) / max(1, len(mine | theirs)) >= DUPLICATE:
+            db.execute(
+                "UPDATE memories SET access_count = access_count + 1, accessed_at = ?,"
+                " importance = max(importance, ?) WHERE id = ?",
+                (now, importance, other_id),
+            )
+            return other_id, True
     cursor = db.execute(
-        "INSERT INTO memories (content, type, importance, metadata, created_at, accessed_at)"
-        " VALUES (?, ?, ?, ?, ?, ?)",
-        (content, kind.value, importance, json.dumps(dict(metadata)), now, now),
+        "INSERT INTO memories (content, type, importance, metadata, created_at, accessed_at,"
+        " fingerprint) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (content, kind.value, importance, json.dumps(dict(metadata)), now, now, fingerprint),
     )
     assert cursor.lastrowid is not None
     return cursor.lastrowid, False
@@ -217,7 +228,7 @@ class MemoryStore:
         def search(db: sqlite3.Connection) -> list[Memory]:
             rows = db.execute(
                 f"SELECT {_COLUMNS}, bm25(memories_fts)"
-                " FROM memories_fts JOIN memories m ON m.id = memories_fts.rowid"
+                " FROM memories_fts CROSS JOIN memories m ON m.id = memories_fts.rowid"
                 f" WHERE memories_fts MATCH ?{where} ORDER BY rank LIMIT ?",
                 (_match(terms), *kinds, max(_CANDIDATES, limit * 4)),
             ).fetchall()
@@ -324,6 +335,12 @@ def _stem(word: str) -> str:
 
 def _stems(text: str) -> set[str]:
     return {_stem(term) for term in query_terms(text)}
+
+
+def _fingerprint(stems: set[str]) -> str:
+    """The same for texts that differ only in case, punctuation, stopwords, word order or a
+    plural: they are one memory."""
+    return hashlib.blake2b(" ".join(sorted(stems)).encode(), digest_size=12).hexdigest()
 
 
 def _coverage(terms: list[str], content: str) -> float:
