@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from pathlib import Path
 
+import attrs
 import pytest
+import trio
 
+from runtime.app import model_summary, open_model
 from runtime.botcore import (
     Bot,
     InvalidMemory,
@@ -16,6 +20,8 @@ from runtime.botcore import (
     consolidate,
     extractive_summary,
 )
+from runtime.llm.offline import OfflineModel
+from runtime.testing import Fail, FakeLLM, Text, local_config, open_runtime, wait_until
 
 DAY = 86_400.0
 
@@ -174,3 +180,65 @@ async def test_export_then_load_elsewhere_keeps_memories_and_their_use(
         0.7,
     )
     assert memory.access_count == 2
+
+
+async def test_consolidation_summarizes_by_the_model_and_falls_back_offline(
+    bot: Bot, fake_llm: tuple[FakeLLM, str]
+) -> None:
+    model, url = fake_llm
+    config = local_config(
+        bot.workspace, default_model="claude-x", anthropic_api_key="k", anthropic_base_url=url
+    )
+    provider = open_model(config)
+    try:
+        summarize = model_summary(provider, trio.CapacityLimiter(1))
+        assert summarize is not None
+        old = [
+            aged(f"User said: fact {i} | I answered: ok", 2, kind=MemoryType.EPISODIC, session="s")
+            for i in range(3)
+        ]
+        model.script(Text("Zoe turns seven on 12 May."))
+        await bot.memory.load(old)
+        await consolidate(bot.db, summarize=summarize)
+        assert [m.content for m in await bot.memory.export()] == ["Zoe turns seven on 12 May."]
+        assert "fact 0" in str(model.requests[-1].body["messages"])
+
+        model.script(Fail(400, "bad request"))  # the model refuses: the extractive summary
+        await bot.memory.load(
+            [attrs.evolve(m, content=m.content.replace("fact", "item")) for m in old]
+        )
+        stats = await consolidate(bot.db, summarize=summarize)
+        assert stats.merged == 3
+        contents = [m.content for m in await bot.memory.export()]
+        assert any(c.startswith("Earlier the user said: item 0") for c in contents)
+    finally:
+        await provider.aclose()
+    assert model_summary(OfflineModel(), trio.CapacityLimiter(1)) is None
+
+
+async def test_the_runtime_consolidates_in_the_background(workspace: Path) -> None:
+    config = local_config(workspace, consolidate_every_seconds=0.2)
+    async with open_runtime(config) as runtime:
+        await runtime.bot.memory.load(
+            [
+                aged(
+                    "User said: the gate code is 1234 | I answered: ok",
+                    3,
+                    kind=MemoryType.EPISODIC,
+                    session="http:x",
+                )
+            ]
+        )
+        assert episodic_left(workspace) == 1
+        await wait_until(lambda: not episodic_left(workspace), within=10)
+    async with await Bot.open(workspace) as bot:
+        (summary,) = await bot.memory.recall("gate code")
+    assert summary.type is MemoryType.FACTUAL and "1234" in summary.content
+
+
+def episodic_left(workspace: Path) -> int:
+    with sqlite3.connect(workspace / "engram.db") as db:
+        count: int = db.execute("SELECT count(*) FROM memories WHERE type = 'episodic'").fetchone()[
+            0
+        ]
+    return count

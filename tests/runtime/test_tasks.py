@@ -11,6 +11,7 @@ import pytest
 import trio
 
 from runtime.botcore import Bot, TaskGraph, TaskGraphError
+from runtime.botcore._gid import _Document
 from runtime.llm import ToolCall
 from runtime.tools import ToolContext, ToolExecutor, ToolRegistry, builtin_tools
 
@@ -160,3 +161,30 @@ async def run_tool(bot: Bot, name: str, args: dict[str, object]) -> str:
     executor = ToolExecutor(ToolRegistry(builtin_tools()), timeout=10)
     result = await executor.run(ToolCall("c1", name, args), ToolContext(bot, "test:1"))
     return result.content
+
+
+async def test_a_save_under_our_feet_is_kept_and_the_change_redone(
+    bot: Bot, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    use_graph(bot, "list-shape.yml")
+    real_dump = _Document.dump
+    saves = {"left": 1}
+
+    def someone_saves_meanwhile(self: _Document) -> str:
+        out = real_dump(self)
+        if saves["left"]:
+            saves["left"] -= 1
+            text = bot.tasks.path.read_text()
+            bot.tasks.path.write_text(text.replace("Write the docs", "Write the docs (hand)"))
+        return out
+
+    monkeypatch.setattr(_Document, "dump", someone_saves_meanwhile)
+    await bot.tasks.update("telegram", status="done")
+    graph = await bot.tasks.load()
+    assert graph.node("docs").title == "Write the docs (hand)"  # type: ignore[union-attr]
+    assert graph.node("telegram").status == "done"  # type: ignore[union-attr]
+
+    saves["left"] = 99  # an editor saving constantly: refuse rather than overwrite
+    with pytest.raises(TaskGraphError, match="kept changing"):
+        await bot.tasks.update("docs", status="in_progress")
+    assert (await bot.tasks.load()).node("docs").status == "todo"  # type: ignore[union-attr]
