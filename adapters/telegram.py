@@ -268,6 +268,7 @@ class TelegramChannel:
             task_status.started()
             async for outgoing in self._receive:
                 sends.start_soon(self._send_message, outgoing)
+            self._typing = None
             typing.cancel_scope.cancel()
 
     def close(self) -> None:
@@ -406,7 +407,7 @@ class TelegramChannel:
                     )
                 except TelegramError as exc:
                     log.error("Telegram: answer to chat %d not sent: %s", outgoing.chat_id, exc)
-                    return
+                    break
         if not lock.locked() and not lock.statistics().tasks_waiting:
             self._chat_locks.pop(outgoing.chat_id, None)
 
