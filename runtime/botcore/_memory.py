@@ -71,7 +71,7 @@ THRESHOLD = -7.0
 """The activation at which `strength` is one half (about a week unused, seen once)."""
 DUPLICATE = 0.8
 """Word-stem overlap (Jaccard) above which a new memory reinforces an old one."""
-_CANDIDATES = 50
+_CANDIDATES = 30
 _NEAR_TERMS = 16
 """Longer memories (episodes) are matched by fingerprint only: the word search for near
 copies grows with the square of their length."""
@@ -227,19 +227,21 @@ class MemoryStore:
 
         def search(db: sqlite3.Connection) -> list[Memory]:
             rows = db.execute(
-                f"SELECT {_COLUMNS}, bm25(memories_fts)"
+                f"SELECT {_COLUMNS}, rank"
                 " FROM memories_fts CROSS JOIN memories m ON m.id = memories_fts.rowid"
                 f" WHERE memories_fts MATCH ?{where} ORDER BY rank LIMIT ?",
                 (_match(terms), *kinds, max(_CANDIDATES, limit * 4)),
             ).fetchall()
-            ranked = []
-            for row in rows:
-                memory = _memory(row[:-1], at)
-                score = -row[-1] * (0.6 + 0.4 * memory.importance) * (0.7 + 0.3 * memory.strength)
-                ranked.append((score, memory))
-            ranked.sort(key=lambda pair: -pair[0])
+
+            def score(row: tuple[Any, ...]) -> float:
+                _, _, _, importance, created, accessed, uses, _, rank = row
+                lasting = strength(activation(uses + 1, created, accessed, at))
+                return float(-rank * (0.6 + 0.4 * importance) * (0.7 + 0.3 * lasting))
+
+            best = sorted(rows, key=score, reverse=True)[:limit]
             found = [
-                attrs.evolve(m, confidence=_coverage(terms, m.content)) for _, m in ranked[:limit]
+                attrs.evolve(m, confidence=_coverage(terms, m.content))
+                for m in (_memory(row[:-1], at) for row in best)
             ]
             db.executemany(
                 "UPDATE memories SET accessed_at = ?, access_count = access_count + 1 WHERE id = ?",
