@@ -53,7 +53,7 @@ class Memory:
     and lately, fading while unused."""
     accessed_at: float = 0.0
     access_count: int = 0
-    metadata: Mapping[str, Any] = attrs.field(factory=dict)
+    metadata: Mapping[str, Any] = attrs.field(factory=dict, hash=False)
 
 
 @attrs.frozen

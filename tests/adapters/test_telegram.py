@@ -122,11 +122,23 @@ async def test_429_on_get_updates_is_waited_out(workspace: Path, telegram: Teleg
     assert after.at - limited.at >= 1.0
 
 
-async def test_409_conflict_backs_off_instead_of_looping(
-    workspace: Path, telegram: Telegram, caplog: pytest.LogCaptureFixture
+@pytest.mark.parametrize(
+    ("status", "description", "logged"),
+    [
+        (409, "Conflict: terminated by other getUpdates request", "another poller runs"),
+        (502, "Bad Gateway", "retrying in"),
+    ],
+)
+async def test_409_and_5xx_back_off_instead_of_looping(
+    workspace: Path,
+    telegram: Telegram,
+    caplog: pytest.LogCaptureFixture,
+    status: int,
+    description: str,
+    logged: str,
 ) -> None:
     fake, url = telegram
-    fake.fail("getUpdates", 409, "Conflict: terminated by other getUpdates request", times=3)
+    fake.fail("getUpdates", status, description, times=3)
     settings = TelegramSettings(fake.token, url, poll_timeout=1, backoff_initial=0.2)
     async with (
         open_runtime(local_config(workspace)) as runtime,
@@ -145,10 +157,10 @@ async def test_409_conflict_backs_off_instead_of_looping(
         await wait_until(lambda: fake.sent_to(3))
         nursery.cancel_scope.cancel()
     polls = fake.calls_of("getUpdates")
-    assert [call.status for call in polls[:4]] == [409, 409, 409, 200]
+    assert [call.status for call in polls[:4]] == [status, status, status, 200]
     gaps = [b.at - a.at for a, b in itertools.pairwise(polls[:4])]
     assert gaps[0] >= 0.2 and gaps[1] >= 0.4 and gaps[2] >= 0.8  # doubling, not a hot loop
-    assert "another poller runs with this token" in caplog.text
+    assert logged in caplog.text
 
 
 async def test_a_refused_token_stops_telegram_but_the_bot_keeps_serving(
