@@ -56,8 +56,14 @@ async def consolidate(
 ) -> ConsolidationStats:
     """One pass: summaries first (each written with the removal of its episodes in one
     transaction, so a crash leaves either both or neither), then forgetting."""
+    async with db.maintenance:  # the background pass and a manual one must not both fold
+        return await _consolidate(db, policy, summarize or extractive_summary, now)
+
+
+async def _consolidate(
+    db: Database, policy: RetentionPolicy, summarize: Summarize, now: float | None
+) -> ConsolidationStats:
     at = time.time() if now is None else now
-    summarize = summarize or extractive_summary
 
     def episodes(db: sqlite3.Connection) -> tuple[int, list[tuple[Any, ...]]]:
         total = db.execute("SELECT count(*) FROM memories").fetchone()[0]

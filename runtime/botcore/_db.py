@@ -113,6 +113,8 @@ class Database:
         self._limiter = trio.CapacityLimiter(1)
         self._queue: trio.MemorySendChannel[_Call[Any]] | None = None
         self.path = path
+        self.maintenance = trio.Lock()
+        """Held by long maintenance passes (memory consolidation), so two never overlap."""
         self.batches = 0
         self.calls = 0
 

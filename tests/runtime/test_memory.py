@@ -242,3 +242,24 @@ def episodic_left(workspace: Path) -> int:
             0
         ]
     return count
+
+
+async def test_two_consolidations_at_once_fold_each_episode_once(bot: Bot) -> None:
+    await bot.memory.load(
+        [
+            aged(f"User said: fact {i} | I answered: ok", 2, kind=MemoryType.EPISODIC, session="s")
+            for i in range(3)
+        ]
+    )
+    calls: list[int] = []
+
+    async def slow_model(episodes: object) -> str:
+        calls.append(1)
+        number = len(calls)
+        await trio.sleep(0.1)
+        return f"summary number {number} of the facts"
+
+    async with trio.open_nursery() as nursery:  # the background pass and a manual one
+        nursery.start_soon(consolidate, bot.db, RetentionPolicy(), slow_model)
+        nursery.start_soon(consolidate, bot.db, RetentionPolicy(), slow_model)
+    assert [m.content for m in await bot.memory.export()] == ["summary number 1 of the facts"]
