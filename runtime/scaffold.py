@@ -30,6 +30,8 @@ Be kind and concise. Say so when you do not know. Remember what the user asks yo
 # Settings for this bot; environment variables of the same name (upper case) win.
 # default_model = "claude-3-5-sonnet-20241022"   # or "gpt-4o-mini", "offline"
 # http_port = 3000
+# prompt_token_budget = 2000                       # tokens per prompt, the message excluded
+# telegram_allowed_users = "@you"                  # with TELEGRAM_BOT_TOKEN in the environment
 """,
 }
 
