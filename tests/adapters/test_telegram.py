@@ -14,6 +14,7 @@ import trio
 from adapters.telegram import (
     TelegramApi,
     TelegramChannel,
+    TelegramError,
     TelegramPoller,
     TelegramSettings,
     split_message,
@@ -26,6 +27,7 @@ from runtime.testing import (
     Slow,
     Text,
     bot_process,
+    free_port,
     local_config,
     open_runtime,
     serve_bot,
@@ -336,3 +338,19 @@ async def test_killed_after_accepting_an_update_answers_it_exactly_once_after_re
     assert answer.text == "ok: are you there?"
     assert answer.reply_to == update["message"]["message_id"]
     assert len(model.requests) == 2  # the killed turn, then one after the restart
+
+
+async def test_an_unreachable_api_is_retried_with_backoff_and_no_token_in_the_log(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    token = "4242:very-secret-token"
+    settings = TelegramSettings(
+        token, f"http://127.0.0.1:{free_port()}", poll_timeout=1, backoff_initial=0.05
+    )
+    async with httpx2.AsyncClient() as client:
+        api = TelegramApi(settings, client)
+        with pytest.raises(TelegramError) as failed:
+            await api.request("getMe", attempts=3)
+    assert failed.value.status == 0 and "Connect" in str(failed.value)
+    assert caplog.text.count("retrying in") == 2
+    assert token not in caplog.text and token not in str(failed.value)
