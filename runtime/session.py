@@ -19,7 +19,7 @@ import attrs
 import trio
 
 from adapters import Inbound, Reply, ReplyError, TextDelta, ToolProgress
-from runtime.botcore import Bot, HistoryEntry, Identity, Memory
+from runtime.botcore import Bot, HistoryEntry, Identity, Memory, MemoryType
 from runtime.inbox import Inbox
 from runtime.llm import (
     AssistantTurn,
@@ -396,9 +396,9 @@ class SessionActor:
         match effect:
             case Recall(query, limit, history_limit):
                 identity = await bot.identity.load()
-                memories = await bot.memory.recall(query, limit=limit)
                 history = await bot.history.recent(self.session_key, history_limit)
-                return Recalled(identity, tuple(memories), tuple(history))
+                memories = await bot.memory.recall(query, limit=limit + _SPARE)
+                return Recalled(identity, _beyond(memories, history, limit), tuple(history))
             case BuildPrompt(identity, memories, history, text, max_tokens, budget):
                 request, tokens = build_request(
                     identity,
@@ -459,6 +459,23 @@ class SessionActor:
                 inbound.responder.reply(reply)
                 return Replied()
         raise AssertionError(f"unknown effect {effect!r}")
+
+
+_SPARE = 4
+"""Memories recalled beyond the limit, in case some are episodes already in the history."""
+
+
+def _beyond(
+    memories: list[Memory], history: list[HistoryEntry], limit: int
+) -> tuple[Memory, ...]:
+    """The memories, without the episodes of turns the prompt has as history anyway."""
+    turns = {entry.turn_id for entry in history}
+    fresh = [
+        m
+        for m in memories
+        if not (m.type is MemoryType.EPISODIC and m.metadata.get("turn") in turns)
+    ]
+    return tuple(fresh[:limit])
 
 
 def _timed(reply: Reply, started: float) -> Reply:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
+import httpx2
 import pytest
 import trio
 
@@ -13,7 +15,16 @@ from adapters.http import HttpResponder
 from runtime.botcore import Bot
 from runtime.inbox import Inbox
 from runtime.llm.offline import OfflineModel
-from runtime.testing import CrashOn, FakeLLM, Slow, Text, local_config, open_runtime, wait_until
+from runtime.testing import (
+    CrashOn,
+    FakeLLM,
+    Slow,
+    Text,
+    local_config,
+    open_runtime,
+    serve_bot,
+    wait_until,
+)
 
 QUICK = RestartPolicy(max_restarts=2, within=30, backoff_min=0.01, backoff_max=0.05)
 
@@ -136,3 +147,24 @@ async def test_closing_finishes_the_turn_in_flight_and_refuses_new_messages(
     assert first.message == "finished in time"
     assert second.error is not None and second.error.kind == "stopped"
     assert [e.text for e in left] == ["second"]  # kept for the next start
+
+
+async def test_episodes_already_in_the_history_are_not_recalled_twice(
+    workspace: Path, client: httpx2.AsyncClient
+) -> None:
+    async with serve_bot(local_config(workspace)) as bot:
+
+        async def say(text: str, session: str) -> dict[str, Any]:
+            response = await client.post(
+                f"{bot.url}/api/message", json={"message": text, "session_id": session}
+            )
+            body: dict[str, Any] = response.json()
+            return body
+
+        await say("remember my cat is called Miso", "a")
+        same = await say("recall cat Miso", "a")
+        other = await say("recall cat Miso", "b")
+    # Session a has that exchange as history: only the fact is recalled. Session b does
+    # not: the fact and the episode of a's exchange.
+    assert same["metadata"]["memories_recalled"] == 1
+    assert other["metadata"]["memories_recalled"] == 2
