@@ -465,9 +465,7 @@ _SPARE = 4
 """Memories recalled beyond the limit, in case some are episodes already in the history."""
 
 
-def _beyond(
-    memories: list[Memory], history: list[HistoryEntry], limit: int
-) -> tuple[Memory, ...]:
+def _beyond(memories: list[Memory], history: list[HistoryEntry], limit: int) -> tuple[Memory, ...]:
     """The memories, without the episodes of turns the prompt has as history anyway."""
     turns = {entry.turn_id for entry in history}
     fresh = [

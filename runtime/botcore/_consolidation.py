@@ -90,7 +90,13 @@ async def _consolidate(
             merged += len(chunk)
             summaries += 1
 
-    forgotten, after = await db.run(lambda db: _forget(db, policy, at))
+    forgotten = 0
+    after_id: int | None = 0
+    while after_id is not None:  # in slices, so turns get the database in between
+        faded, after_id = await db.run(functools.partial(_forget_slice, policy, at, after_id))
+        forgotten += faded
+    capped, after = await db.run(lambda db: _cap(db, policy))
+    forgotten += capped
     stats = ConsolidationStats(before, after, merged, summaries, forgotten)
     log.info(
         "memory consolidated: %d → %d memories (%d episodes into %d summaries, %d forgotten)",
@@ -113,11 +119,18 @@ def _fold(
     db.executemany("DELETE FROM memories WHERE id = ?", [(row[0],) for row in chunk])
 
 
-def _forget(db: sqlite3.Connection, policy: RetentionPolicy, now: float) -> tuple[int, int]:
+_SLICE = 5_000
+
+
+def _forget_slice(
+    policy: RetentionPolicy, now: float, after_id: int, db: sqlite3.Connection
+) -> tuple[int, int | None]:
+    """Forget the faded among the next `_SLICE` candidates after `after_id`: (forgotten,
+    the id to go on from, or None when done)."""
     candidates = db.execute(
         "SELECT id, created_at, accessed_at, access_count FROM memories"
-        " WHERE importance < ? AND accessed_at < ?",
-        (policy.keep_importance, now - policy.forget_after),
+        " WHERE id > ? AND importance < ? AND accessed_at < ? ORDER BY id LIMIT ?",
+        (after_id, policy.keep_importance, now - policy.forget_after, _SLICE),
     ).fetchall()
     faded = [
         (memory_id,)
@@ -125,16 +138,21 @@ def _forget(db: sqlite3.Connection, policy: RetentionPolicy, now: float) -> tupl
         if strength(activation(uses + 1, created, accessed, now)) < policy.forget_below
     ]
     db.executemany("DELETE FROM memories WHERE id = ?", faded)
-    total = db.execute("SELECT count(*) FROM memories").fetchone()[0]
+    return len(faded), (candidates[-1][0] if len(candidates) == _SLICE else None)
+
+
+def _cap(db: sqlite3.Connection, policy: RetentionPolicy) -> tuple[int, int]:
+    """Over `max_memories`, the least important and longest unused go: (removed, left)."""
+    total: int = db.execute("SELECT count(*) FROM memories").fetchone()[0]
     over = total - policy.max_memories
-    if over > 0:
-        db.execute(
-            "DELETE FROM memories WHERE id IN (SELECT id FROM memories"
-            " ORDER BY importance, accessed_at LIMIT ?)",
-            (over,),
-        )
-        total -= over
-    return len(faded) + max(over, 0), total
+    if over <= 0:
+        return 0, total
+    db.execute(
+        "DELETE FROM memories WHERE id IN (SELECT id FROM memories"
+        " ORDER BY importance, accessed_at LIMIT ?)",
+        (over,),
+    )
+    return over, total - over
 
 
 async def extractive_summary(episodes: Sequence[str], limit: int = 1200) -> str:

@@ -136,7 +136,11 @@ async def test_extractive_summary_prefers_statements_within_its_limit() -> None:
     assert "4417" in summary and len(summary) <= 120 + len("Earlier the user said: ")
 
 
-async def test_forgetting_drops_faded_unimportant_memories_only(bot: Bot) -> None:
+@pytest.mark.parametrize("slice_size", [5_000, 1])
+async def test_forgetting_drops_faded_unimportant_memories_only(
+    bot: Bot, monkeypatch: pytest.MonkeyPatch, slice_size: int
+) -> None:
+    monkeypatch.setattr("runtime.botcore._consolidation._SLICE", slice_size)  # one at a time
     await bot.memory.load(
         [
             aged("a trivia fact nobody asked about again", 400, importance=0.2),
