@@ -167,7 +167,7 @@ class TaskGraph:
         with _file_lock(self.path.with_name(self.path.name + ".lock")):
             for _ in range(3):
                 before = self.path.read_bytes() if self.path.exists() else b""
-                doc = _Document(before.decode("utf-8"), str(self.path))
+                doc = _Document(before.decode("utf-8"), str(self.path), editing=True)
                 node_id: str = change(doc)
                 data = doc.dump().encode("utf-8")
                 temp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
@@ -188,17 +188,18 @@ class TaskGraph:
 class _Document:
     """One read of the file: the ruamel.yaml document, and how to write it back."""
 
-    def __init__(self, text: str, where: str) -> None:
+    def __init__(self, text: str, where: str, *, editing: bool = False) -> None:
         self.text = text
         self.where = where
-        self.yaml, self.data = _parse(text, where)
+        self.data = _parse(text, where)
+        # How to write it back, chosen before anything changes (reading alone needs none).
+        self._layout = _layout(text, self.data) if editing else None
         nodes = self.data.get("nodes")
         if nodes is None:
             nodes = self.data["nodes"] = CommentedSeq()
         if not isinstance(nodes, CommentedSeq | CommentedMap):
             raise TaskGraphError(f"{where}: 'nodes' must be a list or a map")
         self.nodes = nodes
-        self.canonical = _dump(self.yaml, self.data) if text else ""
 
     @property
     def shape(self) -> Literal["list", "map"]:
@@ -310,11 +311,13 @@ class _Document:
 
     def dump(self) -> str:
         """The edited document: lines the edit did not change come from the original text."""
-        after = _dump(self.yaml, self.data)
+        assert self._layout is not None, "opened for reading only"
+        yaml, canonical = self._layout
+        after = _dump(yaml, self.data)
         if not self.text:
             return after
         original = self.text.splitlines(keepends=True)
-        before = self.canonical.splitlines(keepends=True)
+        before = canonical.splitlines(keepends=True)
         if len(original) != len(before):
             return after  # ruamel moved lines around; its output is the best we have
         lines = after.splitlines(keepends=True)
@@ -325,30 +328,40 @@ class _Document:
         return "".join(merged)
 
 
-def _parse(text: str, where: str) -> tuple[YAML, CommentedMap]:
-    """The document, with the indentation that writes it back most like it was."""
-    best: tuple[int, YAML, CommentedMap] | None = None
+def _yaml(mapping: int = 2, sequence: int = 2, offset: int = 0) -> YAML:
+    yaml = YAML()
+    yaml.preserve_quotes = True
+    yaml.width = 4096
+    yaml.indent(mapping=mapping, sequence=sequence, offset=offset)
+    return yaml
+
+
+def _parse(text: str, where: str) -> CommentedMap:
+    try:
+        data = _yaml().load(text) if text.strip() else CommentedMap()
+    except YAMLError as exc:
+        raise TaskGraphError(f"{where} is not valid YAML: {exc}") from None
+    if not isinstance(data, CommentedMap):
+        raise TaskGraphError(f"{where}: expected a map with 'nodes' at the top")
+    return data
+
+
+def _layout(text: str, data: CommentedMap) -> tuple[YAML, str]:
+    """The indentation that writes the unchanged document back most like `text`, and what
+    it writes."""
+    if not text.strip():
+        return _yaml(), ""
+    lines = text.splitlines()
+    best: tuple[int, YAML, str] | None = None
     for mapping, sequence, offset in ((2, 2, 0), (2, 4, 2), (4, 4, 2), (4, 6, 4), (4, 4, 0)):
-        yaml = YAML()
-        yaml.preserve_quotes = True
-        yaml.width = 4096
-        yaml.indent(mapping=mapping, sequence=sequence, offset=offset)
-        try:
-            data = yaml.load(text) if text.strip() else CommentedMap()
-        except YAMLError as exc:
-            raise TaskGraphError(f"{where} is not valid YAML: {exc}") from None
-        if not isinstance(data, CommentedMap):
-            raise TaskGraphError(f"{where}: expected a map with 'nodes' at the top")
-        if not text.strip():
-            return yaml, data
-        dumped = _dump(yaml, data).splitlines()
-        lines = text.splitlines()
-        distance = (
-            sum(a != b for a, b in zip(lines, dumped, strict=False))
-            + abs(len(lines) - len(dumped)) * 1000
+        yaml = _yaml(mapping, sequence, offset)
+        dumped = _dump(yaml, data)
+        out = dumped.splitlines()
+        distance = sum(a != b for a, b in zip(lines, out, strict=False)) + 1000 * abs(
+            len(lines) - len(out)
         )
         if best is None or distance < best[0]:
-            best = (distance, yaml, data)
+            best = (distance, yaml, dumped)
         if distance == 0:
             break
     assert best is not None
