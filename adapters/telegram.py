@@ -309,13 +309,13 @@ class TelegramChannel:
         chat, reply_to = message.chat.id, message.message_id
         if not self._allowed(message.sender):
             log.info("Telegram: refused user %s in chat %d", _who(message.sender), chat)
-            self._submit(chat, "Sorry, this bot only talks to people it was set up for.", reply_to)
+            self.submit(chat, "Sorry, this bot only talks to people it was set up for.", reply_to)
             return
         text = self._text_for_bot(message.text or "")
         if update.message is None or not text:
             if self.settings.non_text == "reply":
                 reason = "edited messages" if update.message is None else "this kind of message"
-                self._submit(
+                self.submit(
                     chat, f"Sorry, I can only read new text messages, not {reason}.", reply_to
                 )
             return
@@ -365,15 +365,16 @@ class TelegramChannel:
     async def _command(self, text: str, chat: int, reply_to: int) -> bool:
         command = text.split(maxsplit=1)[0].lower()
         if command in ("/start", "/help"):
-            self._submit(chat, ("Hello! " if command == "/start" else "") + HELP, reply_to)
+            self.submit(chat, ("Hello! " if command == "/start" else "") + HELP, reply_to)
             return True
         if command == "/reset":
             await self._reset(f"telegram:{chat}")
-            self._submit(chat, "Done: I have forgotten our conversation in this chat.", reply_to)
+            self.submit(chat, "Done: I have forgotten our conversation in this chat.", reply_to)
             return True
         return False  # anything else is for the model
 
-    def _submit(self, chat_id: int, text: str, reply_to: int | None) -> None:
+    def submit(self, chat_id: int, text: str, reply_to: int | None) -> None:
+        """Queue a message to a chat (sent in order, split, retried); never blocks."""
         try:
             self._send.send_nowait(_Outgoing(chat_id, text, reply_to))
         except trio.ClosedResourceError:
@@ -431,7 +432,7 @@ class TelegramResponder:
         if self._muted or reply.replayed:
             return
         text = reply.message or "Sorry, I could not produce an answer this time."
-        self._channel._submit(self._chat_id, text, self._reply_to)
+        self._channel.submit(self._chat_id, text, self._reply_to)
 
     def progress(self, event: Progress) -> None:
         pass

@@ -127,13 +127,13 @@ def remember(
 ) -> tuple[int, bool]:
     """Insert a memory inside the caller's transaction, or reinforce a near-duplicate of the
     same type (one more use, the higher importance): (id, reinforced)."""
-    mine = _stems(content)
+    terms = query_terms(content)
+    mine = {_stem(term) for term in terms}
     fingerprint = _fingerprint(mine)
     candidates = db.execute(
         "SELECT id, content FROM memories WHERE type = ? AND fingerprint = ? LIMIT 1",
         (kind.value, fingerprint),
     ).fetchall()
-    terms = query_terms(content)
     if not candidates and 1 < len(terms) <= _NEAR_TERMS:
         # Memories with all of these words and maybe more (FTS5 stems them; the AND is
         # cheap: it walks the rarest word's list).
