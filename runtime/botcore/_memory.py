@@ -126,12 +126,13 @@ def remember(
     now: float,
 ) -> tuple[int, bool]:
     """Insert a memory inside the caller's transaction, or reinforce a near-duplicate of the
-    same type (one more use, the higher importance): (id, reinforced)."""
+    same type (one more use, the higher importance): (id, reinforced). A near-duplicate makes
+    the same claims: texts that differ in a negation, a number or a name are two facts."""
     terms = query_terms(content)
     mine = {_stem(term) for term in terms}
     fingerprint = _fingerprint(mine)
     candidates = db.execute(
-        "SELECT id, content FROM memories WHERE type = ? AND fingerprint = ? LIMIT 1",
+        "SELECT id, content FROM memories WHERE type = ? AND fingerprint = ? LIMIT 20",
         (kind.value, fingerprint),
     ).fetchall()
     if not candidates and 1 < len(terms) <= _NEAR_TERMS:
@@ -144,7 +145,8 @@ def remember(
         ).fetchall()
     for other_id, other in candidates:
         theirs = _stems(other)
-        if len(mine & theirs) / max(1, len(mine | theirs)) >= DUPLICATE:
+        similar = len(mine & theirs) / max(1, len(mine | theirs)) >= DUPLICATE
+        if similar and _same_claims(content, other):
             db.execute(
                 "UPDATE memories SET access_count = access_count + 1, accessed_at = ?,"
                 " importance = max(importance, ?) WHERE id = ?",
@@ -337,6 +339,41 @@ def _stem(word: str) -> str:
 
 def _stems(text: str) -> set[str]:
     return {_stem(term) for term in query_terms(text)}
+
+
+_NEGATION = re.compile(
+    r"\b(?:not|no|never|nor|none|nobody|nothing|neither|nowhere|cannot|without)\b|n['’]t\b",
+    re.IGNORECASE,
+)
+
+
+def _same_claims(one: str, other: str) -> bool:
+    """Whether two similar texts say the same thing as far as words can tell: as many
+    negations, and the same numbers and names in the same order ("Bob owes Alice 50" is not
+    "Alice owes Bob 60"). Word overlap is blind to exactly what a correction changes."""
+    if len(_NEGATION.findall(one)) != len(_NEGATION.findall(other)):
+        return False
+    names = _names(one) | _names(other)
+    return _significant(one, names) == _significant(other, names)
+
+
+def _names(text: str) -> set[str]:
+    """Capitalized words (lowercased): names, and a sentence's first word, which is harmless
+    since it is compared the same way in both texts."""
+    return {
+        word.lower()
+        for word in _WORD.findall(text)
+        if word[0].isupper() and word.lower() not in _STOPWORDS
+    }
+
+
+def _significant(text: str, names: set[str]) -> list[str]:
+    """The numbers and names of `text`, in order."""
+    return [
+        word
+        for word in _WORD.findall(text.lower())
+        if word in names or any(char.isdigit() for char in word)
+    ]
 
 
 def _fingerprint(stems: set[str]) -> str:

@@ -10,6 +10,8 @@ import attrs
 import pytest
 import trio
 
+from adapters import Inbound
+from adapters.http import HttpResponder
 from runtime.app import model_summary, open_model
 from runtime.botcore import (
     Bot,
@@ -65,6 +67,40 @@ async def test_a_near_duplicate_reinforces_instead_of_adding_a_copy(bot: Bot) ->
     assert memory is not None and memory.access_count == 1 and memory.importance == 0.9
     # The same words as another type are a different memory.
     assert await bot.memory.store("my sister Ana lives in Lisbon", type="opinion") != first
+
+
+@pytest.mark.parametrize(
+    ("before", "after"),
+    [
+        ("my sister is called Anna", "my sister is not called Anna"),
+        ("I take my coffee with sugar", "I take my coffee without sugar"),
+        ("I like the dentist", "I don't like the dentist"),
+        ("the meeting moved from 3 pm to 5 pm", "the meeting moved from 5 pm to 3 pm"),
+        ("Bob owes Alice 60 euros for the tickets", "Alice owes Bob 60 euros for the tickets"),
+    ],
+)
+async def test_a_correction_is_a_new_fact_not_a_near_duplicate(
+    bot: Bot, before: str, after: str
+) -> None:
+    first = await bot.memory.store(before)
+    second = await bot.memory.store(after)
+    assert second != first
+    assert {m.content for m in await bot.memory.export()} == {before, after}
+    # Stored again, each reinforces its own memory.
+    assert await bot.memory.store(after) == second
+    assert await bot.memory.store(before.capitalize() + ".") == first
+
+
+async def test_a_negated_fact_told_to_the_bot_is_kept_with_its_episode(workspace: Path) -> None:
+    async with open_runtime(local_config(workspace)) as runtime:
+        for text in ("remember my sister is called Anna", "remember my sister is not called Anna"):
+            responder = HttpResponder()
+            await runtime.deliver(Inbound("http", "s", text, responder))
+            assert (await responder.wait()).message == "Got it, I'll remember that."
+        kept = [(m.type, m.content) for m in await runtime.bot.memory.export()]
+    assert (MemoryType.FACTUAL, "my sister is not called Anna") in kept
+    assert (MemoryType.FACTUAL, "my sister is called Anna") in kept
+    assert sum(kind is MemoryType.EPISODIC for kind, _ in kept) == 2
 
 
 async def test_used_memories_outrank_faded_ones_and_strength_says_so(bot: Bot) -> None:
