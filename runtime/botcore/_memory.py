@@ -342,7 +342,7 @@ def _stems(text: str) -> set[str]:
 
 
 _NEGATION = re.compile(
-    r"\b(?:not|no|never|nor|none|nobody|nothing|neither|nowhere|cannot|without)\b|n['’]t\b",
+    r"\b(?:not|no|never|nor|none|nobody|nothing|neither|nowhere|cannot|without)\b|n['\u2019]t\b",
     re.IGNORECASE,
 )
 
