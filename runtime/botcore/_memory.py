@@ -358,13 +358,17 @@ def _same_claims(one: str, other: str) -> bool:
 
 
 def _names(text: str) -> set[str]:
-    """Capitalized words (lowercased): names, and a sentence's first word, which is harmless
-    since it is compared the same way in both texts."""
-    return {
-        word.lower()
-        for word in _WORD.findall(text)
-        if word[0].isupper() and word.lower() not in _STOPWORDS
-    }
+    """Capitalized words inside a sentence (lowercased): a sentence's first word is
+    capitalized whatever it is."""
+    names = set()
+    opening, position = True, 0
+    for match in _WORD.finditer(text):
+        word = match.group()
+        opening = opening or any(mark in ".!?:;|\n" for mark in text[position : match.start()])
+        if word[0].isupper() and not opening and word.lower() not in _STOPWORDS:
+            names.add(word.lower())
+        opening, position = False, match.end()
+    return names
 
 
 def _significant(text: str, names: set[str]) -> list[str]:
