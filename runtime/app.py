@@ -159,7 +159,7 @@ class Runtime:
             await database.start(self.bot.db.serve_batches)
             async with trio.open_nursery() as nursery:
                 await trio.to_thread.run_sync(self.services.tokens.load)
-                await nursery.start(self.registry.run)
+                await nursery.start(self._run_sessions)
                 nursery.start_soon(self._record_dead_letters)
                 nursery.start_soon(self._consolidate_periodically)
                 recovered = await self._recover(responders or {})
@@ -176,7 +176,14 @@ class Runtime:
         self._closing = True
         self._background.cancel()
         self.registry.close()
-        self._dead_send.close()
+
+    async def _run_sessions(self, *, task_status: trio.TaskStatus[None]) -> None:
+        """The session actors; dead letters are taken until the last of them has finished
+        (a turn in its grace period can still give up on its message)."""
+        try:
+            await self.registry.run(task_status=task_status)
+        finally:
+            self._dead_send.close()
 
     async def deliver(self, inbound: Inbound) -> Accepted:
         """Accept a message durably, then hand it to its session; see `adapters.base`."""
@@ -263,7 +270,13 @@ class Runtime:
                 error=ReplyError("crashed", str(error)),
             )
             job.inbound.responder.reply(reply)
-            self._dead_send.send_nowait((job.inbox_id, reply))
+            try:
+                self._dead_send.send_nowait((job.inbox_id, reply))
+            except trio.ClosedResourceError:
+                log.error(
+                    "message %d was not marked dead (stopping); it is tried again at the next start",
+                    job.inbox_id,
+                )
             return
         if not self._closing:
             # Queued behind a message that crashed its actor: a fresh actor takes it.

@@ -76,6 +76,25 @@ async def test_a_poison_message_is_dead_lettered_and_the_session_answers_the_nex
     assert model.crashes == 3
 
 
+async def test_a_message_that_crashes_its_actor_during_shutdown_is_still_dead_lettered(
+    workspace: Path,
+) -> None:
+    model = CrashOn(OfflineModel(), "poison")
+    async with open_runtime(local_config(workspace), model, policy=QUICK) as runtime:
+        responder = HttpResponder()
+        await runtime.deliver(Inbound("test", "s", "poison pill", responder, "m1"))
+        await wait_until(lambda: model.crashes >= 1)
+        runtime.close()  # the restarts and the last crash happen during the grace period
+        with trio.fail_after(10):
+            reply = await responder.wait()
+    # `open_runtime` returned: nothing escaped `Runtime.run`.
+    assert reply.error is not None and reply.error.kind == "crashed"
+    assert model.crashes == 3
+    async with await Bot.open(workspace) as bot:
+        dead = await Inbox(bot.db).dead_letters()
+    assert [d.text for d in dead] == ["poison pill"]
+
+
 async def test_a_slow_model_fails_the_turn_with_a_timeout_reply(
     workspace: Path, fake_llm: tuple[FakeLLM, str]
 ) -> None:
@@ -165,6 +184,7 @@ async def test_episodes_already_in_the_history_are_not_recalled_twice(
         same = await say("recall cat Miso", "a")
         other = await say("recall cat Miso", "b")
     # Session a has that exchange as history: only the fact is recalled. Session b does
-    # not: the fact and the episode of a's exchange.
+    # not: the fact and the episodes of a's two exchanges (two different exchanges, even
+    # if their words overlap: the second repeats "Miso" where the first said it once).
     assert same["metadata"]["memories_recalled"] == 1
-    assert other["metadata"]["memories_recalled"] == 2
+    assert other["metadata"]["memories_recalled"] == 3
