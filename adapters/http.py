@@ -29,6 +29,7 @@ from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
 from adapters.base import (
+    Accepted,
     Busy,
     Deliver,
     Inbound,
@@ -44,6 +45,7 @@ from adapters.telegram import TelegramWebhook
 from adapters.webhook import (
     CallbackResponder,
     CallbackSender,
+    ReplayGuard,
     SignatureError,
     WebhookSource,
     parse,
@@ -222,6 +224,7 @@ def create_app(
     metrics: Callable[[], str] | None = None,
     webhooks: Mapping[str, WebhookSource] | None = None,
     callbacks: CallbackSender | None = None,
+    replays: ReplayGuard | None = None,
     telegram: TelegramWebhook | None = None,
     memory: MemoryEndpoints | None = None,
 ) -> QuartTrio:
@@ -353,8 +356,11 @@ def create_app(
             responder = HttpResponder()
         inbound = Inbound("webhook", session, text, responder, message_id=delivery, sender=name)
         with _refusals():
-            accepted = await deliver(inbound)
-        if accepted.repeat:
+            if replays is None:
+                accepted: Accepted | None = await deliver(inbound)
+            else:
+                accepted = await replays.deliver(source, delivery, body, inbound, deliver)
+        if accepted is None or accepted.repeat:
             return _json({"status": "duplicate", "id": delivery}, 200)
         if isinstance(responder, CallbackResponder):
             return _json({"status": "accepted", "id": delivery}, 202)

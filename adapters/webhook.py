@@ -8,7 +8,9 @@ Signatures are checked before anything else, with constant-time comparison:
   timestamp must be within 5 minutes.
 * GitHub: `X-Hub-Signature-256: sha256=<hex HMAC-SHA256 of the body>`, id `X-GitHub-Delivery`.
 
-A delivery id seen before is acknowledged (200) and not processed again.
+A delivery is processed once per source (`ReplayGuard`): a delivery id seen before, whatever
+session its body names, is acknowledged (200) and not processed again; so is a GitHub body seen
+before under another `X-GitHub-Delivery` (the id is not signed, the body is).
 """
 
 from __future__ import annotations
@@ -22,14 +24,14 @@ import logging
 import math
 import random
 import time
-from collections.abc import Mapping
-from typing import Any, Literal
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal, Protocol
 
 import attrs
 import httpx2
 import trio
 
-from adapters.base import Progress, Reply, reply_body
+from adapters.base import Accepted, Deliver, Inbound, Progress, Reply, reply_body
 
 log = logging.getLogger("adapters.webhook")
 
@@ -60,9 +62,24 @@ class WebhookSource:
 def _standard_key(secret: str) -> bytes:
     encoded = secret.removeprefix("whsec_")
     try:
-        return base64.b64decode(encoded, validate=True)
+        # Padding is optional, as in the reference libraries.
+        return base64.b64decode(encoded + "=" * (-len(encoded) % 4), validate=True)
     except (binascii.Error, ValueError):
         raise SignatureError("the source's secret is not whsec_<base64>") from None
+
+
+def secret_problem(scheme: Scheme, secret: str) -> str | None:
+    """Why `secret` cannot sign for `scheme`, or None; the secret itself is never quoted."""
+    if not secret:
+        return "the secret is empty"
+    if scheme == "standard":
+        try:
+            key = _standard_key(secret)
+        except SignatureError as exc:
+            return str(exc)
+        if not key:
+            return "the secret is whsec_ with nothing after it"
+    return None
 
 
 def sign_standard(secret: str, message_id: str, timestamp: int, body: bytes) -> str:
@@ -145,6 +162,64 @@ def parse(source: WebhookSource, body: bytes) -> tuple[str, str]:
         except KeyError:
             raise ValueError(f"no session id at {source.session!r} in the body") from None
     return text, session
+
+
+class SeenDeliveries(Protocol):
+    """The deliveries each source has sent lately, kept by the host (durably, for a window)."""
+
+    async def seen(self, source: str, keys: Sequence[str]) -> bool:
+        """Whether the source sent any of `keys` before."""
+        ...
+
+    async def record(self, source: str, keys: Sequence[str]) -> None: ...
+
+
+def replay_keys(source: WebhookSource, delivery: str, body: bytes) -> tuple[str, ...]:
+    """What makes a delivery the same one again: its id, and for GitHub, whose signature
+    covers the body but not the delivery id, a digest of the body."""
+    keys = [f"id:{delivery}"]
+    if source.scheme == "github":
+        keys.append("sha256:" + hashlib.sha256(body).hexdigest())
+    return tuple(keys)
+
+
+class ReplayGuard:
+    """Hands each delivery of a source to the runtime once.
+
+    A delivery is remembered once the runtime has accepted it (not before: one refused as
+    busy must be taken when the sender tries again); one in progress counts as seen, so two
+    copies arriving together are not both processed.
+    """
+
+    def __init__(self, seen: SeenDeliveries) -> None:
+        self._seen = seen
+        self._pending: set[tuple[str, str]] = set()
+
+    async def deliver(
+        self, source: WebhookSource, delivery: str, body: bytes, inbound: Inbound, deliver: Deliver
+    ) -> Accepted | None:
+        """`deliver(inbound)`, or None when this delivery was processed before."""
+        claims = {(source.name, key) for key in replay_keys(source, delivery, body)}
+        if claims & self._pending:
+            log.info("webhook %s: delivery %s arrived twice at once", source.name, delivery)
+            return None
+        self._pending |= claims
+        try:
+            keys = [key for _, key in claims]
+            if await self._seen.seen(source.name, keys):
+                log.info(
+                    "webhook %s: delivery %s seen before, not processed", source.name, delivery
+                )
+                return None
+            accepted = await deliver(inbound)
+            try:
+                await self._seen.record(source.name, keys)
+            except Exception:
+                # Accepted all the same; a replay is then caught only by its id and session.
+                log.exception("webhook %s: delivery %s not remembered", source.name, delivery)
+            return accepted
+        finally:
+            self._pending -= claims
 
 
 @attrs.frozen

@@ -22,9 +22,10 @@ from adapters.telegram import (
     TelegramSettings,
     TelegramWebhook,
 )
-from adapters.webhook import CallbackSender, WebhookSource
+from adapters.webhook import CallbackSender, ReplayGuard, WebhookSource
 from runtime.botcore import Bot, Summarize, consolidate
 from runtime.config import Config
+from runtime.deliveries import Deliveries
 from runtime.inbox import Inbox, InboxEntry
 from runtime.llm import ModelRequest, Provider, UserText
 from runtime.llm.fallback import FallbackProvider
@@ -435,6 +436,7 @@ async def serve(
                 metrics=runtime.metrics.render,
                 webhooks=webhooks,
                 callbacks=callbacks,
+                replays=ReplayGuard(Deliveries(bot.db)),
                 memory=MemoryApi(bot, runtime.summarize),
                 telegram=(
                     TelegramWebhook(config.telegram_webhook_secret, telegram.handle)

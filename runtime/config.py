@@ -12,6 +12,8 @@ from typing import Any, Literal
 import attrs
 import cattrs
 
+from adapters.webhook import secret_problem
+
 CONFIG_FILE = "botcore.toml"
 
 
@@ -146,13 +148,17 @@ class Config:
 def _webhook_secrets(
     hooks: dict[str, WebhookSettings], environ: Mapping[str, str]
 ) -> dict[str, WebhookSettings]:
-    """Each source with its secret in place (read from `secret_env` where given)."""
+    """Each source with its secret in place (read from `secret_env` where given), checked
+    now: a secret that cannot sign would make every delivery a 401."""
     resolved = {}
     for name, hook in hooks.items():
         secret = environ.get(hook.secret_env, "") if hook.secret_env else hook.secret
+        where = f"${hook.secret_env}" if hook.secret_env else "secret"
         if not secret:
-            where = f"${hook.secret_env}" if hook.secret_env else "secret"
             raise ConfigError(f"webhook source {name!r} has no secret: set {where}")
+        problem = secret_problem(hook.scheme, secret)
+        if problem is not None:
+            raise ConfigError(f"webhook source {name!r}: {problem}; check its {where}")
         resolved[name] = attrs.evolve(hook, secret=secret)
     return resolved
 

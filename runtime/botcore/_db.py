@@ -83,6 +83,16 @@ _SCHEMA = [
     ALTER TABLE memories ADD COLUMN fingerprint TEXT;
     CREATE INDEX memories_by_fingerprint ON memories(type, fingerprint);
     """,
+    # version 3: the webhook deliveries seen lately, so a replay is known after a restart
+    """
+    CREATE TABLE webhook_deliveries (
+        source TEXT NOT NULL,
+        key TEXT NOT NULL,
+        seen_at REAL NOT NULL,
+        PRIMARY KEY (source, key)
+    ) WITHOUT ROWID;
+    CREATE INDEX webhook_deliveries_by_age ON webhook_deliveries(seen_at);
+    """,
 ]
 
 

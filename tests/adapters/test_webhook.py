@@ -11,8 +11,12 @@ from pathlib import Path
 
 import httpx2
 import pytest
+import trio
 
+from adapters import Accepted, Busy, Inbound
+from adapters.http import HttpResponder
 from adapters.webhook import (
+    ReplayGuard,
     SignatureError,
     WebhookSource,
     extract,
@@ -20,7 +24,9 @@ from adapters.webhook import (
     sign_standard,
     verify,
 )
-from runtime.config import WebhookSettings
+from runtime.botcore import Bot
+from runtime.config import Config, ConfigError, WebhookSettings
+from runtime.deliveries import Deliveries
 from runtime.testing import Receiver, local_config, open_local, serve_bot, wait_until
 
 SECRET = "whsec_" + base64.b64encode(b"a-shared-secret-of-some-length").decode()
@@ -189,8 +195,6 @@ async def test_the_reply_goes_to_the_callback_signed_with_retries(
 
 
 def test_a_webhook_secret_can_come_from_the_environment(workspace: Path) -> None:
-    from runtime.config import Config, ConfigError
-
     (workspace / "botcore.toml").write_text(
         '[webhooks.gh]\nscheme = "github"\nsecret_env = "GH_HOOK_SECRET"\ntext = "comment.body"\n'
     )
@@ -199,3 +203,116 @@ def test_a_webhook_secret_can_come_from_the_environment(workspace: Path) -> None
     assert "from-env" in config.secrets  # redacted from logs like the API keys
     with pytest.raises(ConfigError, match=r"'gh' has no secret: set \$GH_HOOK_SECRET"):
         Config.load({}, workspace=workspace)
+
+
+def test_a_whsec_secret_without_base64_padding_is_accepted() -> None:
+    padded = "whsec_" + base64.b64encode(b"a secret of 31 bytes, not 30 !!").decode()
+    assert padded.endswith("=")
+    unpadded = WebhookSource("app", padded.rstrip("="), "standard", "data.text")
+    headers = standard_headers(secret=padded)
+    assert verify(unpadded, headers, BODY, time.time()) == "msg_1"
+
+
+@pytest.mark.parametrize(
+    ("scheme", "secret"),
+    [("standard", "whsec_not*base64!"), ("standard", "whsec_abcde")],
+)
+def test_a_secret_that_cannot_sign_stops_the_start_naming_the_source_not_the_secret(
+    workspace: Path, scheme: str, secret: str
+) -> None:
+    (workspace / "botcore.toml").write_text(
+        f'[webhooks.shop]\nscheme = "{scheme}"\nsecret_env = "SHOP_SECRET"\n'
+    )
+    with pytest.raises(ConfigError, match=r"webhook source 'shop': .*check its \$SHOP_SECRET") as e:
+        Config.load({"SHOP_SECRET": secret}, workspace=workspace)
+    assert secret.removeprefix("whsec_") not in str(e.value)
+
+
+async def test_a_replayed_webhook_id_naming_another_user_is_not_processed_again(
+    workspace: Path, client: httpx2.AsyncClient
+) -> None:
+    other = json.dumps({"data": {"text": "forget the deploy", "user": "u2"}}).encode()
+    async with serve_bot(local_config(workspace, webhooks=hooks())) as bot:
+        url = f"{bot.url}/webhooks/app"
+        first = await client.post(url, content=BODY, headers=standard_headers())
+        replay = await client.post(url, content=other, headers=standard_headers(other))
+    assert first.status_code == 200 and first.json()["session_id"] == "app:u1"
+    assert replay.status_code == 200 and replay.json() == {"status": "duplicate", "id": "msg_1"}
+    assert turns(workspace) == 1
+
+
+def github_headers(body: bytes, delivery: str) -> dict[str, str]:
+    return {
+        "X-Hub-Signature-256": sign_github("gh-secret", body),
+        "X-GitHub-Delivery": delivery,
+        "Content-Type": "application/json",
+    }
+
+
+async def test_a_github_body_resent_under_a_new_delivery_id_is_not_processed_again_even_after_a_restart(
+    workspace: Path, client: httpx2.AsyncClient
+) -> None:
+    body = b'{"comment": {"body": "deploy to production"}}'
+    config = local_config(workspace, webhooks=hooks())
+    async with serve_bot(config) as bot:
+        first = await client.post(
+            f"{bot.url}/webhooks/gh", content=body, headers=github_headers(body, "d-1")
+        )
+        replay = await client.post(
+            f"{bot.url}/webhooks/gh", content=body, headers=github_headers(body, "d-2")
+        )
+    async with serve_bot(config) as bot:
+        after_restart = await client.post(
+            f"{bot.url}/webhooks/gh", content=body, headers=github_headers(body, "d-3")
+        )
+        different = b'{"comment": {"body": "deploy to staging"}}'
+        fresh = await client.post(
+            f"{bot.url}/webhooks/gh", content=different, headers=github_headers(different, "d-4")
+        )
+    assert first.status_code == 200 and "TestBot" in first.json()["message"]
+    assert replay.json() == {"status": "duplicate", "id": "d-2"}
+    assert after_restart.json() == {"status": "duplicate", "id": "d-3"}
+    assert fresh.status_code == 200 and "message" in fresh.json()
+    assert turns(workspace) == 2
+
+
+async def test_a_delivery_refused_as_busy_is_taken_when_sent_again(workspace: Path) -> None:
+    source = WebhookSource("app", SECRET, "standard", "data.text", "data.user")
+    refusals = [Busy("full", 1.0)]
+    delivered: list[Inbound] = []
+
+    async def deliver(inbound: Inbound) -> Accepted:
+        if refusals:
+            raise refusals.pop()
+        delivered.append(inbound)
+        return Accepted(len(delivered))
+
+    async with await Bot.open(workspace) as bot:
+        guard = ReplayGuard(Deliveries(bot.db))
+        inbound = Inbound("webhook", "app:u1", "hi", HttpResponder(), message_id="msg_1")
+        with pytest.raises(Busy):
+            await guard.deliver(source, "msg_1", BODY, inbound, deliver)
+        assert await guard.deliver(source, "msg_1", BODY, inbound, deliver) == Accepted(1)
+        assert await guard.deliver(source, "msg_1", BODY, inbound, deliver) is None
+        # Another source may use the same id.
+        gh = WebhookSource("gh", "gh-secret", "github")
+        assert await guard.deliver(gh, "msg_1", BODY, inbound, deliver) == Accepted(2)
+    assert len(delivered) == 2
+
+
+async def test_remembered_deliveries_expire_and_stay_bounded(workspace: Path) -> None:
+    async with await Bot.open(workspace) as bot:
+        expiring = Deliveries(bot.db, window=0.05)
+        await expiring.record("app", ["id:old"])
+        assert await expiring.seen("app", ["id:old", "id:other"])
+        assert not await expiring.seen("gh", ["id:old"])
+        await trio.sleep(0.1)
+        assert not await expiring.seen("app", ["id:old"])
+
+        bounded = Deliveries(bot.db, limit=10)
+        for n in range(200):
+            await bounded.record("app", [f"id:{n}"])
+        rows = await bot.db.run(
+            lambda db: db.execute("SELECT count(*) FROM webhook_deliveries").fetchone()[0]
+        )
+    assert rows <= 10 + 64
