@@ -293,7 +293,8 @@ class TelegramChannel:
         return TelegramResponder(self, int(chat_id), int(reply_to) if reply_to else None)
 
     async def handle(self, raw: object) -> None:
-        """One update. Raises `Busy` / `Unavailable` when the runtime cannot take it now
+        """One update. A chat whose session is busy (full mailbox, too fast) is told to send
+        its message again. Raises `Unavailable` when the runtime takes no messages at all
         (it is not accepted: the caller tries again later)."""
         try:
             update = _converter.structure(raw, _Update)
@@ -322,16 +323,22 @@ class TelegramChannel:
         if text.startswith("/") and await self._command(text, chat, reply_to):
             return
         responder = TelegramResponder(self, chat, reply_to)
-        accepted = await self._deliver(
-            Inbound(
-                "telegram",
-                str(chat),
-                text,
-                responder,
-                message_id=f"{update.update_id}:{message.message_id}",
-                sender=_who(message.sender),
+        try:
+            accepted = await self._deliver(
+                Inbound(
+                    "telegram",
+                    str(chat),
+                    text,
+                    responder,
+                    message_id=f"{update.update_id}:{message.message_id}",
+                    sender=_who(message.sender),
+                )
             )
-        )
+        except Busy as exc:
+            # Waiting here would hold up every other chat: this one is told instead.
+            log.info("Telegram: chat %d is busy; asked to send again (%s)", chat, exc)
+            self.submit(chat, _busy(exc.retry_after), reply_to)
+            return
         if accepted.repeat:
             # Seen before a restart: its answer went (or will go) out through the first one.
             responder.mute()
@@ -438,6 +445,15 @@ class TelegramResponder:
         pass
 
 
+def _busy(retry_after: float) -> str:
+    wait = max(1, math.ceil(retry_after))
+    unit = "second" if wait == 1 else "seconds"
+    return (
+        "Sorry, I am still busy with your earlier messages and could not take this one. "
+        f"Please send it again in {wait} {unit}."
+    )
+
+
 def _refused(exc: TelegramUnauthorized) -> None:
     log.error(
         "Telegram refused TELEGRAM_BOT_TOKEN (%s): the Telegram channel is stopped, the rest "
@@ -507,8 +523,6 @@ class TelegramPoller:
             try:
                 await self._channel.handle(update)
                 return
-            except Busy as exc:
-                await trio.sleep(exc.retry_after)
             except Unavailable:
                 await trio.sleep(1.0)
             except Exception:

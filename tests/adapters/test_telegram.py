@@ -259,6 +259,26 @@ async def test_updates_without_text_get_a_polite_answer_or_none(
     assert len(fake.sent_to(20)) == 1 and "TestBot" in fake.sent_to(20)[0].text
 
 
+async def test_a_busy_chat_is_told_to_send_again_and_the_other_chats_go_on(
+    workspace: Path, telegram: Telegram
+) -> None:
+    fake, _ = telegram
+    # One message a minute per chat: chat 7's second message is refused for a minute.
+    async with serve_bot(bot_config(workspace, telegram, session_rate_per_minute=1)):
+        fake.text(7, "hello")
+        await wait_until(lambda: fake.sent_to(7))
+        refused = fake.text(7, "hello again")
+        fake.text(8, "hi from another chat")
+        await wait_until(lambda: fake.sent_to(8) and len(fake.sent_to(7)) == 2, within=20)
+        await wait_until(lambda: not fake.pending)  # nothing is left for Telegram to resend
+    busy = fake.sent_to(7)[1]
+    assert busy.reply_to == refused["message"]["message_id"]
+    assert "busy" in busy.text and "send it again" in busy.text
+    assert "TestBot" in fake.sent_to(8)[0].text
+    async with await Bot.open(workspace) as opened:
+        assert await opened.history.turns("telegram:7") == 1
+
+
 async def test_start_help_and_reset(workspace: Path, telegram: Telegram) -> None:
     fake, _ = telegram
     async with serve_bot(bot_config(workspace, telegram)):
