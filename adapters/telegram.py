@@ -243,6 +243,9 @@ class TelegramChannel:
 
     `run` owns the sending side (answers, typing) until `close`; `handle` takes one update
     from the poller or the webhook and returns once the runtime has it durably.
+
+    `reset(session key, done)` forgets a chat's conversation in order with its messages and
+    calls `done(forgotten)` once it ran; it raises `Busy` or `Unavailable` as `deliver` does.
     """
 
     def __init__(
@@ -251,7 +254,7 @@ class TelegramChannel:
         settings: TelegramSettings,
         deliver: Deliver,
         *,
-        reset: Callable[[str], Awaitable[object]],
+        reset: Callable[[str, Callable[[bool], None]], Awaitable[None]],
     ) -> None:
         self.api = api
         self.settings = settings
@@ -375,8 +378,14 @@ class TelegramChannel:
             self.submit(chat, ("Hello! " if command == "/start" else "") + HELP, reply_to)
             return True
         if command == "/reset":
-            await self._reset(f"telegram:{chat}")
-            self.submit(chat, "Done: I have forgotten our conversation in this chat.", reply_to)
+
+            def done(forgotten: bool) -> None:
+                self.submit(chat, _RESET[forgotten], reply_to)
+
+            try:
+                await self._reset(f"telegram:{chat}", done)
+            except Busy as exc:
+                self.submit(chat, _busy(exc.retry_after), reply_to)
             return True
         return False  # anything else is for the model
 
@@ -443,6 +452,13 @@ class TelegramResponder:
 
     def progress(self, event: Progress) -> None:
         pass
+
+
+_RESET = {
+    True: "Done: I have forgotten our conversation in this chat.",
+    False: "Sorry, I could not forget our conversation just now (I am restarting); "
+    "please send /reset again in a moment.",
+}
 
 
 def _busy(retry_after: float) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -74,11 +75,43 @@ class _Unattended:
         pass
 
 
+@attrs.frozen
+class ResetSession:
+    """Forget a session's conversation, in its mailbox so it runs in order with its
+    messages: after the turns before it have stored, before the turns after it recall.
+    `done(True)` once forgotten; `done(False)` if it could not run (shutting down)."""
+
+    session_key: str
+    done: Callable[[bool], None] = attrs.field(eq=False)
+
+
+SessionMessage = Job | ResetSession
+
+
+class _Session:
+    """The actor of one session: its turns, and the resets between them."""
+
+    def __init__(self, key: str, services: SessionServices) -> None:
+        self._key = key
+        self._turns = SessionActor(key, services)
+        self._history = services.bot.history
+
+    async def handle(self, message: SessionMessage) -> None:
+        if isinstance(message, Job):
+            await self._turns.handle(message)
+            return
+        forgotten = await self._history.clear(self._key)
+        log.info("session %s reset (%d messages forgotten)", self._key, forgotten)
+        message.done(True)
+
+
 class Runtime:
     """The bot alive: the durable inbox, one session actor per key, and `deliver`.
 
-    `run` recovers what a previous process accepted but did not answer, then takes messages
-    until `close`; it returns once the turns in flight have finished.
+    `run` takes messages until `close` and returns once the turns in flight have finished.
+    What a previous process accepted but did not answer is recovered at start, in order per
+    session, without holding up the start: a session whose recovered messages do not all
+    fit its mailbox yet refuses new ones as busy until they do.
     """
 
     def __init__(
@@ -113,8 +146,8 @@ class Runtime:
             ),
             turn_timeout=config.turn_timeout_seconds,
         )
-        self.registry: Registry[str, Job] = Registry(
-            lambda key: SessionActor(key, self.services),
+        self.registry: Registry[str, SessionMessage] = Registry(
+            lambda key: _Session(key, self.services),
             on_undelivered=self._undelivered,
             policy=policy,
             mailbox_capacity=config.mailbox_size,
@@ -140,6 +173,8 @@ class Runtime:
             lambda: statistics().dead_letters,
         )
         self._waiting: dict[int, _Fanout] = {}
+        self._backlog: dict[str, deque[Job]] = {}
+        """Recovered messages that did not fit their session's mailbox yet, per session."""
         self._dead_send, self._dead_receive = trio.open_memory_channel[tuple[int, Reply]](math.inf)
         self._accepting = False
         self._closing = False
@@ -166,6 +201,8 @@ class Runtime:
                 recovered = await self._recover(responders or {})
                 if recovered:
                     log.info("recovered %d unanswered message(s) from the inbox", recovered)
+                if self._backlog:
+                    nursery.start_soon(self._catch_up)
                 self._accepting = not self._closing
                 task_status.started()
             # Every actor has finished: stop batching (what is queued still runs).
@@ -216,12 +253,35 @@ class Runtime:
             ) from exc
         return Accepted(entry.id)
 
+    async def reset(self, session_key: str, done: Callable[[bool], None]) -> None:
+        """Forget a session's conversation (its history and episodes) after the messages
+        already queued for it; `done` is called when it has run. Raises `Busy` or
+        `Unavailable`, as `deliver` does."""
+        if not self._accepting:
+            raise Unavailable(
+                "the bot is not taking messages right now (starting or shutting down)"
+            )
+        try:
+            self._tell(session_key, ResetSession(session_key, done))
+        except MailboxFull as exc:
+            raise Busy(f"session {session_key!r} is busy; retry shortly", retry_after=1.0) from exc
+        except ActorStopped as exc:
+            raise Unavailable("the bot is shutting down") from exc
+
     def _enqueue(self, entry_id: int, inbound: Inbound) -> None:
-        fanout = _Fanout(inbound.responder, lambda: self._forget_waiting(entry_id))
-        self.registry.tell(
-            inbound.session_key, Job(attrs.evolve(inbound, responder=fanout), entry_id)
-        )
+        job, fanout = self._job(entry_id, inbound)
+        self._tell(inbound.session_key, job)
         self._waiting[entry_id] = fanout
+
+    def _job(self, entry_id: int, inbound: Inbound) -> tuple[Job, _Fanout]:
+        fanout = _Fanout(inbound.responder, lambda: self._forget_waiting(entry_id))
+        return Job(attrs.evolve(inbound, responder=fanout), entry_id), fanout
+
+    def _tell(self, session_key: str, message: SessionMessage) -> None:
+        """To the session's mailbox, behind any recovered message still waiting for room."""
+        if session_key in self._backlog:
+            raise MailboxFull(self.config.mailbox_size)
+        self.registry.tell(session_key, message)
 
     def _forget_waiting(self, entry_id: int) -> None:
         self._waiting.pop(entry_id, None)
@@ -239,6 +299,8 @@ class Runtime:
         return Accepted(entry.id, repeat=True)
 
     async def _recover(self, responders: RecoveryResponders) -> int:
+        """Queue what a previous process accepted but did not answer, oldest first; what
+        does not fit a session's mailbox now waits in its backlog (see `_catch_up`)."""
         entries = await self.inbox.unfinished()
         for entry in entries:
             make = responders.get(entry.channel, _Unattended)
@@ -250,15 +312,41 @@ class Runtime:
                 entry.message_id,
                 entry.sender,
             )
-            while True:
-                try:
-                    self._enqueue(entry.id, inbound)
-                    break
-                except MailboxFull:
-                    await trio.sleep(0.05)
+            job, self._waiting[entry.id] = self._job(entry.id, inbound)
+            self._backlog.setdefault(entry.session_key, deque()).append(job)
+        self._feed_backlog()
         return len(entries)
 
-    def _undelivered(self, job: Job, error: ActorStopped) -> None:
+    def _feed_backlog(self) -> None:
+        """Move recovered messages into their mailboxes while there is room, in order."""
+        for key, jobs in list(self._backlog.items()):
+            try:
+                while jobs:
+                    self.registry.tell(key, jobs[0])
+                    jobs.popleft()
+            except MailboxFull:
+                continue
+            except ActorStopped:
+                return  # shutting down: they stay in the inbox for the next start
+            del self._backlog[key]
+
+    async def _catch_up(self) -> None:
+        """Feed the backlog as the sessions make room, until it is empty or the runtime
+        closes."""
+        while self._backlog and not self._closing:
+            await trio.sleep(0.05)
+            self._feed_backlog()
+
+    def _undelivered(self, job: SessionMessage, error: ActorStopped) -> None:
+        if isinstance(job, ResetSession):
+            if not self._closing and not isinstance(error, ActorCrashed):
+                try:
+                    self.registry.tell(job.session_key, job)
+                    return
+                except (MailboxFull, ActorStopped):
+                    pass
+            job.done(False)
+            return
         if isinstance(error, ActorCrashed):
             self.metrics.turns.inc(outcome="crashed")
             reply = Reply(
@@ -370,7 +458,7 @@ def _telegram(
         non_text="ignore" if config.telegram_non_text == "ignore" else "reply",
     )
     return TelegramChannel(
-        TelegramApi(settings, client), settings, runtime.deliver, reset=runtime.bot.history.clear
+        TelegramApi(settings, client), settings, runtime.deliver, reset=runtime.reset
     )
 
 

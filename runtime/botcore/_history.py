@@ -58,11 +58,23 @@ class History:
         )
 
     async def clear(self, session_key: str) -> int:
-        return await self._db.run(
-            lambda db: (
-                db.execute("DELETE FROM history WHERE session_key = ?", (session_key,)).rowcount
+        """Forget the session's conversation: its history, the episodes stored from its
+        turns and the summaries consolidated from them (the next turn must not recall what
+        was forgotten). Facts the bot was told to remember stay. The history rows removed."""
+
+        def forget(db: sqlite3.Connection) -> int:
+            removed: int = db.execute(
+                "DELETE FROM history WHERE session_key = ?", (session_key,)
+            ).rowcount
+            db.execute(
+                "DELETE FROM memories WHERE json_extract(metadata, '$.session') = ?"
+                " AND (type = 'episodic'"
+                " OR json_extract(metadata, '$.consolidated_from') IS NOT NULL)",
+                (session_key,),
             )
-        )
+            return removed
+
+        return await self._db.run(forget)
 
 
 def insert_turn(

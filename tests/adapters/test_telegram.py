@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -151,7 +152,7 @@ async def test_409_and_5xx_back_off_instead_of_looping(
             TelegramApi(settings, client),
             settings,
             runtime.deliver,
-            reset=runtime.bot.history.clear,
+            reset=runtime.reset,
         )
         await nursery.start(channel.run)
         nursery.start_soon(TelegramPoller(channel).run)
@@ -292,6 +293,34 @@ async def test_start_help_and_reset(workspace: Path, telegram: Telegram) -> None
         assert "forgotten" in fake.sent_to(30)[2].text
     async with await Bot.open(workspace) as opened:
         assert await opened.history.turns("telegram:30") == 0
+        kept = [(m.type.value, m.content) for m in await opened.memory.export()]
+    # The episode of the exchange is forgotten too; the fact it was told to remember stays.
+    assert kept == [("factual", "the sky is green")]
+
+
+async def test_reset_waits_for_the_turn_in_flight_and_nothing_of_it_is_recalled_after(
+    workspace: Path, telegram: Telegram, fake_llm: tuple[FakeLLM, str]
+) -> None:
+    fake, _ = telegram
+    model, url = fake_llm
+    model.script(Slow(1, Text("noted, your locker code is 4711")), Text("I know nothing yet"))
+    config = bot_config(
+        workspace, telegram, default_model="claude-x", anthropic_api_key="k", anthropic_base_url=url
+    )
+    async with serve_bot(config):
+        fake.text(31, "my locker code is 4711")
+        await wait_until(lambda: model.requests)  # the turn is in flight
+        fake.text(31, "/reset")
+        await wait_until(lambda: len(fake.sent_to(31)) == 2)
+        fake.text(31, "what is my locker code?")
+        await wait_until(lambda: len(fake.sent_to(31)) == 3)
+    answer, done, _ = fake.sent_to(31)
+    assert answer.text == "noted, your locker code is 4711"
+    assert "forgotten" in done.text  # after the turn it followed, not before
+    last = model.requests[-1].body
+    assert "4711" not in json.dumps(last)  # neither as history nor as a recalled episode
+    async with await Bot.open(workspace) as opened:
+        assert await opened.history.turns("telegram:31") == 1  # only the question after
 
 
 async def test_webhook_mode_checks_the_secret_token(

@@ -143,6 +143,43 @@ async def test_unanswered_messages_are_handled_after_a_restart_exactly_once(
     ]
 
 
+async def test_recovery_of_more_than_a_mailbox_holds_does_not_hold_up_the_start(
+    workspace: Path, fake_llm: tuple[FakeLLM, str], client: httpx2.AsyncClient
+) -> None:
+    fake, url = fake_llm
+    fake.script(Slow(60, Text("the first recovered answer, very late")))
+    # A previous process accepted five messages of one session and died.
+    async with await Bot.open(workspace) as bot:
+        inbox = Inbox(bot.db)
+        for n in range(5):
+            await inbox.accept(Inbound("http", "s", f"message {n}", HttpResponder(), f"m{n}"))
+    config = local_config(
+        workspace,
+        default_model="anthropic:fake",
+        anthropic_api_key="k",
+        anthropic_base_url=url,
+        mailbox_size=1,
+        shutdown_grace_seconds=0.5,
+    )
+    with trio.fail_after(10):  # before: the start waited for room in the session's mailbox
+        async with serve_bot(config) as bot:
+            await wait_until(lambda: fake.requests)
+            health = await client.get(f"{bot.url}/healthz")
+            other = await client.post(
+                f"{bot.url}/api/message", json={"message": "hello", "session_id": "t"}
+            )
+            # The recovered session keeps its order: a new message waits its turn.
+            same = await client.post(
+                f"{bot.url}/api/message", json={"message": "hello", "session_id": "s"}
+            )
+    assert health.status_code == 200
+    assert other.status_code == 200 and other.json()["message"].startswith("ok: hello")
+    assert same.status_code == 429 and "Retry-After" in same.headers
+    async with await Bot.open(workspace) as bot:
+        left = await Inbox(bot.db).unfinished()
+    assert [e.text for e in left] == [f"message {n}" for n in range(5)]  # kept for next time
+
+
 async def test_closing_finishes_the_turn_in_flight_and_refuses_new_messages(
     workspace: Path, fake_llm: tuple[FakeLLM, str]
 ) -> None:
