@@ -11,6 +11,7 @@ import contextlib
 import logging
 import math
 import re
+from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Literal
 
@@ -49,6 +50,8 @@ class TelegramSettings:
     backoff_max: float = 60.0
     request_timeout: float = 15.0
     send_attempts: int = 5
+    max_sends: int = 8
+    """Chats being sent answers at once; each chat's answers go out one after another."""
     typing_every: float = 4.0
     typing_for: float = 180.0
     """Typing is shown at most this long for one turn."""
@@ -262,15 +265,25 @@ class TelegramChannel:
         self._reset = reset
         self.me: _User | None = None
         self._send, self._receive = trio.open_memory_channel[_Outgoing](math.inf)
-        self._chat_locks: dict[int, trio.Lock] = {}
+        self._outbox: dict[int, deque[_Outgoing]] = {}
+        """The answers waiting, per chat with a sender task."""
+        self._senders = trio.CapacityLimiter(settings.max_sends)
         self._typing: trio.Nursery | None = None
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Send the answers: one task per chat that has some, at most `max_sends` of them
+        (a chat that cannot be sent to holds up only its own answers and one slot)."""
         async with trio.open_nursery() as sends, trio.open_nursery() as typing:
             self._typing = typing
             task_status.started()
             async for outgoing in self._receive:
-                sends.start_soon(self._send_message, outgoing)
+                waiting = self._outbox.get(outgoing.chat_id)
+                if waiting is not None:
+                    waiting.append(outgoing)  # its chat's task takes it in turn
+                    continue
+                await self._senders.acquire_on_behalf_of(outgoing.chat_id)
+                self._outbox[outgoing.chat_id] = deque([outgoing])
+                sends.start_soon(self._send_chat, outgoing.chat_id)
             self._typing = None
             typing.cancel_scope.cancel()
 
@@ -408,25 +421,30 @@ class TelegramChannel:
                 with trio.move_on_after(self.settings.typing_every):
                     await answered.wait()
 
+    async def _send_chat(self, chat_id: int) -> None:
+        """Send a chat's answers in the order they were given, then free its slot."""
+        waiting = self._outbox[chat_id]
+        try:
+            while waiting:
+                await self._send_message(waiting[0])
+                waiting.popleft()
+        finally:
+            del self._outbox[chat_id]
+            self._senders.release_on_behalf_of(chat_id)
+
     async def _send_message(self, outgoing: _Outgoing) -> None:
-        lock = self._chat_locks.setdefault(outgoing.chat_id, trio.Lock())
-        async with lock:  # a chat's answers go out in the order they were given
-            for index, piece in enumerate(split_message(outgoing.text)):
-                params: dict[str, Any] = {"chat_id": outgoing.chat_id, "text": piece}
-                if index == 0 and outgoing.reply_to is not None:
-                    params["reply_parameters"] = {
-                        "message_id": outgoing.reply_to,
-                        "allow_sending_without_reply": True,
-                    }
-                try:
-                    await self.api.request(
-                        "sendMessage", params, attempts=self.settings.send_attempts
-                    )
-                except TelegramError as exc:
-                    log.error("Telegram: answer to chat %d not sent: %s", outgoing.chat_id, exc)
-                    break
-        if not lock.locked() and not lock.statistics().tasks_waiting:
-            self._chat_locks.pop(outgoing.chat_id, None)
+        for index, piece in enumerate(split_message(outgoing.text)):
+            params: dict[str, Any] = {"chat_id": outgoing.chat_id, "text": piece}
+            if index == 0 and outgoing.reply_to is not None:
+                params["reply_parameters"] = {
+                    "message_id": outgoing.reply_to,
+                    "allow_sending_without_reply": True,
+                }
+            try:
+                await self.api.request("sendMessage", params, attempts=self.settings.send_attempts)
+            except TelegramError as exc:
+                log.error("Telegram: answer to chat %d not sent: %s", outgoing.chat_id, exc)
+                break
 
 
 class TelegramResponder:

@@ -231,11 +231,20 @@ class _Callback:
 
 class CallbackSender:
     """Posts replies to the sources' callback URLs, signed like the webhook, from its own
-    task: up to `attempts` tries with exponential backoff and jitter on errors and 5xx."""
+    task: up to `attempts` tries with exponential backoff and jitter on errors and 5xx;
+    at most `concurrency` posts (with their retries) at once, the others wait their turn."""
 
-    def __init__(self, *, attempts: int = 5, backoff: float = 0.5, timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        *,
+        attempts: int = 5,
+        backoff: float = 0.5,
+        timeout: float = 10.0,
+        concurrency: int = 8,
+    ) -> None:
         self._attempts, self._backoff, self._timeout = attempts, backoff, timeout
         self._send, self._receive = trio.open_memory_channel[_Callback](math.inf)
+        self._posting = trio.CapacityLimiter(concurrency)
 
     def submit(self, source: WebhookSource, delivery: str, body: Mapping[str, Any]) -> None:
         data = json.dumps(body, ensure_ascii=False).encode()
@@ -255,9 +264,17 @@ class CallbackSender:
         ):
             task_status.started()
             async for callback in self._receive:
-                posts.start_soon(self._post, client, callback)
+                slot = object()
+                await self._posting.acquire_on_behalf_of(slot)
+                posts.start_soon(self._post, client, callback, slot)
 
-    async def _post(self, client: httpx2.AsyncClient, callback: _Callback) -> None:
+    async def _post(self, client: httpx2.AsyncClient, callback: _Callback, slot: object) -> None:
+        try:
+            await self._post_with_retries(client, callback)
+        finally:
+            self._posting.release_on_behalf_of(slot)
+
+    async def _post_with_retries(self, client: httpx2.AsyncClient, callback: _Callback) -> None:
         source = callback.source
         assert source.callback is not None
         for attempt in range(self._attempts):

@@ -66,6 +66,11 @@ class FakeTelegram:
         self._update_ids = itertools.count(1000)
         self._message_ids = itertools.count(1)
         self._failures: dict[str, deque[_Failure]] = {}
+        self.send_delay = 0.0
+        """Seconds each `sendMessage` takes (a slow or distant API)."""
+        self.sending = 0
+        self.peak_sending = 0
+        """The most `sendMessage` calls the bot had under way at once."""
 
     # -- what users do ------------------------------------------------------------------
 
@@ -175,6 +180,12 @@ class FakeTelegram:
         if method == "getUpdates":
             return 200, {"ok": True, "result": await self._get_updates(params)}
         if method == "sendMessage":
+            self.sending += 1
+            self.peak_sending = max(self.peak_sending, self.sending)
+            try:
+                await trio.sleep(self.send_delay)
+            finally:
+                self.sending -= 1
             return self._send_message(params)
         if method == "sendChatAction":
             self.actions.append((int(params["chat_id"]), str(params["action"])))

@@ -166,6 +166,33 @@ async def test_409_and_5xx_back_off_instead_of_looping(
     assert logged in caplog.text
 
 
+async def test_answers_are_sent_a_few_chats_at_a_time_each_chat_in_order(
+    workspace: Path, telegram: Telegram
+) -> None:
+    fake, url = telegram
+    fake.send_delay = 0.05
+    settings = TelegramSettings(fake.token, url, max_sends=3)
+    async with (
+        open_runtime(local_config(workspace)) as runtime,
+        httpx2.AsyncClient() as client,
+        trio.open_nursery() as nursery,
+    ):
+        channel = TelegramChannel(
+            TelegramApi(settings, client), settings, runtime.deliver, reset=runtime.reset
+        )
+        await nursery.start(channel.run)
+        for n in range(5):
+            for chat in range(1, 9):
+                channel.submit(chat, f"answer {n} to chat {chat}", None)
+        await wait_until(lambda: len(fake.sent) == 40, within=20)
+        channel.close()
+    assert fake.peak_sending == 3  # not one task per answer: 40 at once before
+    for chat in range(1, 9):
+        assert [m.text for m in fake.sent_to(chat)] == [
+            f"answer {n} to chat {chat}" for n in range(5)
+        ]
+
+
 async def test_a_refused_token_stops_telegram_but_the_bot_keeps_serving(
     workspace: Path,
     telegram: Telegram,

@@ -16,6 +16,7 @@ import trio
 from adapters import Accepted, Busy, Inbound
 from adapters.http import HttpResponder
 from adapters.webhook import (
+    CallbackSender,
     ReplayGuard,
     SignatureError,
     WebhookSource,
@@ -192,6 +193,19 @@ async def test_the_reply_goes_to_the_callback_signed_with_retries(
     assert json.loads(delivered.body)["message"] == "Got it, I'll remember that."
     source = WebhookSource("app", SECRET)
     assert verify(source, delivered.headers, delivered.body, time.time()) == "reply-msg_7"
+
+
+async def test_callbacks_are_posted_a_few_at_a_time(workspace: Path) -> None:
+    receiver = Receiver(delay=0.05)
+    async with open_local(receiver) as url, trio.open_nursery() as nursery:
+        sender = CallbackSender(concurrency=2)
+        await nursery.start(sender.run)
+        source = WebhookSource("app", SECRET, callback=f"{url}/replies")
+        for n in range(12):
+            sender.submit(source, f"msg_{n}", {"message": f"reply {n}"})
+        sender.close()
+    assert len(receiver.received) == 12  # `run` returned once every post was done
+    assert receiver.peak == 2  # not one task per reply: 12 at once before
 
 
 def test_a_webhook_secret_can_come_from_the_environment(workspace: Path) -> None:
