@@ -14,6 +14,7 @@ from adapters.base import (
     ReplyError,
     Responder,
     TextDelta,
+    TextDiscarded,
     ToolProgress,
     Unavailable,
 )
@@ -29,6 +30,7 @@ __all__ = [
     "ReplyError",
     "Responder",
     "TextDelta",
+    "TextDiscarded",
     "ToolProgress",
     "Unavailable",
 ]

@@ -34,7 +34,15 @@ class ToolProgress:
     is_error: bool = False
 
 
-Progress = TextDelta | ToolProgress
+@attrs.frozen
+class TextDiscarded:
+    """The text streamed since this model call began is withdrawn (`text` is exactly that
+    text): the model failed mid-answer and another one answers from the start."""
+
+    text: str
+
+
+Progress = TextDelta | TextDiscarded | ToolProgress
 
 
 @attrs.frozen

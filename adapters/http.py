@@ -36,6 +36,7 @@ from adapters.base import (
     Progress,
     Reply,
     TextDelta,
+    TextDiscarded,
     ToolProgress,
     Unavailable,
     reply_body,
@@ -155,12 +156,15 @@ class StreamingResponder:
             self._send.send_nowait(event)
 
     async def events(self, reply_within: float) -> AsyncIterator[bytes]:
-        """The SSE byte stream: `delta`, `tool`, then `done` (or `error` if the turn failed)."""
+        """The SSE byte stream: `delta`, `tool`, `discard`, then `done` (or `error` if the turn
+        failed)."""
         async with self._receive:
             with trio.move_on_after(reply_within):
                 async for item in self._receive:
                     if isinstance(item, TextDelta):
                         yield _sse("delta", {"text": item.text})
+                    elif isinstance(item, TextDiscarded):
+                        yield _sse("discard", {"text": item.text})
                     elif isinstance(item, ToolProgress):
                         yield _sse("tool", attrs.asdict(item))
                     else:

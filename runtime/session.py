@@ -412,7 +412,9 @@ class SessionActor:
                 )
                 return PromptBuilt(request, tokens)
             case CallModel(request):
-                on_text = lambda text: inbound.responder.progress(TextDelta(text))  # noqa: E731
+                on_text = lambda piece: inbound.responder.progress(  # noqa: E731
+                    TextDelta(piece) if isinstance(piece, str) else piece
+                )
                 metrics = services.metrics
                 try:
                     async with services.model_limiter:

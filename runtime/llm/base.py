@@ -8,6 +8,8 @@ from typing import Protocol
 
 import attrs
 
+from adapters import TextDiscarded
+
 JSONObject = Mapping[str, object]
 
 
@@ -118,7 +120,9 @@ class ModelResponse:
     retries: Retries = Retries()
 
 
-OnText = Callable[[str], None]
+OnText = Callable[[str | TextDiscarded], None]
+"""Takes the answer's text as it streams, and `TextDiscarded` when text it was given is
+withdrawn (a fallback after a model failed mid-answer starts over)."""
 
 
 class Provider(Protocol):

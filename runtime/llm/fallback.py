@@ -5,6 +5,7 @@ from collections.abc import Sequence
 
 import attrs
 
+from adapters import TextDiscarded
 from runtime.llm.base import (
     ModelRequest,
     ModelResponse,
@@ -21,6 +22,8 @@ class FallbackProvider:
     """Tries each provider in order while the previous one is unavailable (after its retries).
 
     A rejection (bad key, bad request) is not a reason to try the next: it is raised as is.
+    A model that fails after streaming some text has that text withdrawn (`TextDiscarded`
+    through `on_text`) before the next one answers from the start.
     """
 
     def __init__(self, providers: Sequence[Provider]) -> None:
@@ -37,8 +40,18 @@ class FallbackProvider:
     ) -> ModelResponse:
         retries = Retries()
         for index, provider in enumerate(self._providers):
+            streamed: list[str] = []
+
+            def relay(piece: str | TextDiscarded, streamed: list[str] = streamed) -> None:
+                if isinstance(piece, str):
+                    streamed.append(piece)
+                assert on_text is not None
+                on_text(piece)
+
             try:
-                response = await provider.complete(request, on_text=on_text)
+                response = await provider.complete(
+                    request, on_text=None if on_text is None else relay
+                )
             except ProviderUnavailable as exc:
                 retries += exc.retries
                 if index == len(self._providers) - 1:
@@ -47,6 +60,9 @@ class FallbackProvider:
                 log.warning(
                     "%s unavailable (%s); falling back to %s", provider.name, exc, following
                 )
+                if streamed and on_text is not None:
+                    # The next model starts over: what this one said is not the answer.
+                    on_text(TextDiscarded("".join(streamed)))
                 continue
             return attrs.evolve(response, retries=response.retries + retries)
         raise AssertionError("unreachable")
