@@ -180,6 +180,32 @@ async def test_recovery_of_more_than_a_mailbox_holds_does_not_hold_up_the_start(
     assert [e.text for e in left] == [f"message {n}" for n in range(5)]  # kept for next time
 
 
+async def test_recovered_messages_beyond_the_mailbox_are_answered_in_order(
+    workspace: Path,
+) -> None:
+    async with await Bot.open(workspace) as bot:
+        inbox = Inbox(bot.db)
+        for n in range(6):
+            session = "s" if n % 3 else "t"
+            await inbox.accept(Inbound("test", session, f"remember fact {n}", HttpResponder()))
+    async with open_runtime(local_config(workspace, mailbox_size=1)) as runtime:
+        with trio.fail_after(10):
+            while left := await runtime.inbox.unfinished():  # noqa: ASYNC110 - a database poll
+                await trio.sleep(0.01)
+        after = await ask(runtime, "hello")  # once caught up, the session takes new ones
+        s = await runtime.bot.history.recent("test:s")
+        t = await runtime.bot.history.recent("test:t")
+    assert after.error is None and left == []
+    assert [e.content for e in s if e.role == "user"] == [
+        "remember fact 1",
+        "remember fact 2",
+        "remember fact 4",
+        "remember fact 5",
+        "hello",
+    ]
+    assert [e.content for e in t if e.role == "user"] == ["remember fact 0", "remember fact 3"]
+
+
 async def test_closing_finishes_the_turn_in_flight_and_refuses_new_messages(
     workspace: Path, fake_llm: tuple[FakeLLM, str]
 ) -> None:
