@@ -231,6 +231,36 @@ async def test_closing_finishes_the_turn_in_flight_and_refuses_new_messages(
     assert [e.text for e in left] == ["second"]  # kept for the next start
 
 
+async def test_a_reset_runs_after_the_turn_before_it_or_says_it_did_not(
+    workspace: Path, fake_llm: tuple[FakeLLM, str]
+) -> None:
+    fake, url = fake_llm
+    fake.script(Slow(0.3, Text("one")), Slow(0.3, Text("two")), Slow(1, Text("three")))
+    config = local_config(
+        workspace, default_model="anthropic:fake", anthropic_api_key="k", anthropic_base_url=url
+    )
+    from runtime.app import open_model
+
+    async with open_runtime(config, open_model(config)) as runtime:
+        resets: list[bool] = []
+        await ask(runtime, "first")
+        second = HttpResponder()
+        await runtime.deliver(Inbound("test", "s", "second", second))
+        await runtime.reset("test:s", resets.append)  # behind "second", which is in flight
+        await second.wait()
+        await wait_until(lambda: resets)
+        forgotten = await runtime.bot.history.turns("test:s")
+
+        third = HttpResponder()
+        await runtime.deliver(Inbound("test", "s", "third", third))
+        await wait_until(lambda: len(fake.requests) == 3)
+        await runtime.reset("test:s", resets.append)
+        runtime.close()  # the reset never gets its turn
+        await third.wait()
+    assert forgotten == 0  # "second" stored before the reset ran, and was forgotten with it
+    assert resets == [True, False]
+
+
 async def test_episodes_already_in_the_history_are_not_recalled_twice(
     workspace: Path, client: httpx2.AsyncClient
 ) -> None:
