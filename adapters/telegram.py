@@ -239,6 +239,8 @@ class _Outgoing:
     chat_id: int
     text: str
     reply_to: int | None
+    busy: bool = False
+    """A note that the chat is busy: one at a time per chat, so a flood is not echoed."""
 
 
 class TelegramChannel:
@@ -268,6 +270,8 @@ class TelegramChannel:
         self._outbox: dict[int, deque[_Outgoing]] = {}
         """The answers waiting, per chat with a sender task."""
         self._senders = trio.CapacityLimiter(settings.max_sends)
+        self._busy_noted: set[int] = set()
+        """Chats with a busy note not sent yet."""
         self._typing: trio.Nursery | None = None
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -353,7 +357,7 @@ class TelegramChannel:
         except Busy as exc:
             # Waiting here would hold up every other chat: this one is told instead.
             log.info("Telegram: chat %d is busy; asked to send again (%s)", chat, exc)
-            self.submit(chat, _busy(exc.retry_after), reply_to)
+            self._note_busy(chat, exc.retry_after, reply_to)
             return
         if accepted.repeat:
             # Seen before a restart: its answer went (or will go) out through the first one.
@@ -398,16 +402,25 @@ class TelegramChannel:
             try:
                 await self._reset(f"telegram:{chat}", done)
             except Busy as exc:
-                self.submit(chat, _busy(exc.retry_after), reply_to)
+                self._note_busy(chat, exc.retry_after, reply_to)
             return True
         return False  # anything else is for the model
 
     def submit(self, chat_id: int, text: str, reply_to: int | None) -> None:
         """Queue a message to a chat (sent in order, split, retried); never blocks."""
+        self._queue(_Outgoing(chat_id, text, reply_to))
+
+    def _note_busy(self, chat_id: int, retry_after: float, reply_to: int) -> None:
+        """Tell the chat it is busy, unless a note saying so is still on its way."""
+        if chat_id not in self._busy_noted:
+            self._busy_noted.add(chat_id)
+            self._queue(_Outgoing(chat_id, _busy(retry_after), reply_to, busy=True))
+
+    def _queue(self, outgoing: _Outgoing) -> None:
         try:
-            self._send.send_nowait(_Outgoing(chat_id, text, reply_to))
+            self._send.send_nowait(outgoing)
         except trio.ClosedResourceError:
-            log.error("Telegram: answer to chat %d dropped: shutting down", chat_id)
+            log.error("Telegram: answer to chat %d dropped: shutting down", outgoing.chat_id)
 
     def _show_typing(self, chat_id: int, answered: trio.Event) -> None:
         if self._typing is not None:
@@ -426,7 +439,10 @@ class TelegramChannel:
         waiting = self._outbox[chat_id]
         try:
             while waiting:
-                await self._send_message(waiting[0])
+                outgoing = waiting[0]
+                if outgoing.busy:
+                    self._busy_noted.discard(chat_id)  # later refusals get a note of their own
+                await self._send_message(outgoing)
                 waiting.popleft()
         finally:
             del self._outbox[chat_id]
@@ -483,8 +499,8 @@ def _busy(retry_after: float) -> str:
     wait = max(1, math.ceil(retry_after))
     unit = "second" if wait == 1 else "seconds"
     return (
-        "Sorry, I am still busy with your earlier messages and could not take this one. "
-        f"Please send it again in {wait} {unit}."
+        "Sorry, I am still busy with your earlier messages and could not take this one "
+        f"(nor any you send before this note arrives). Please send it again in {wait} {unit}."
     )
 
 
