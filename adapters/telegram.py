@@ -270,6 +270,7 @@ class TelegramChannel:
         self._outbox: dict[int, deque[_Outgoing]] = {}
         """The answers waiting, per chat with a sender task."""
         self._senders = trio.CapacityLimiter(settings.max_sends)
+        self._typing_calls = trio.CapacityLimiter(settings.max_sends)
         self._busy_noted: set[int] = set()
         """Chats with a busy note not sent yet."""
         self._typing: trio.Nursery | None = None
@@ -429,8 +430,13 @@ class TelegramChannel:
     async def _keep_typing(self, chat_id: int, answered: trio.Event) -> None:
         with trio.move_on_after(self.settings.typing_for):
             while not answered.is_set():
-                with contextlib.suppress(TelegramError):  # only a courtesy
-                    await self.api.call("sendChatAction", {"chat_id": chat_id, "action": "typing"})
+                # Only a courtesy: skipped while `max_sends` chats are being shown it.
+                if self._typing_calls.available_tokens:
+                    async with self._typing_calls:
+                        with contextlib.suppress(TelegramError):
+                            await self.api.call(
+                                "sendChatAction", {"chat_id": chat_id, "action": "typing"}
+                            )
                 with trio.move_on_after(self.settings.typing_every):
                     await answered.wait()
 

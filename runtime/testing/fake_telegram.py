@@ -67,10 +67,10 @@ class FakeTelegram:
         self._message_ids = itertools.count(1)
         self._failures: dict[str, deque[_Failure]] = {}
         self.send_delay = 0.0
-        """Seconds each `sendMessage` takes (a slow or distant API)."""
-        self.sending = 0
-        self.peak_sending = 0
-        """The most `sendMessage` calls the bot had under way at once."""
+        """Seconds each `sendMessage` and `sendChatAction` takes (a slow or distant API)."""
+        self._under_way: dict[str, int] = {}
+        self.peak: dict[str, int] = {}
+        """The most calls of each method the bot had under way at once."""
 
     # -- what users do ------------------------------------------------------------------
 
@@ -179,13 +179,14 @@ class FakeTelegram:
             return 200, {"ok": True, "result": self.me}
         if method == "getUpdates":
             return 200, {"ok": True, "result": await self._get_updates(params)}
-        if method == "sendMessage":
-            self.sending += 1
-            self.peak_sending = max(self.peak_sending, self.sending)
+        if method in ("sendMessage", "sendChatAction"):
+            self._under_way[method] = self._under_way.get(method, 0) + 1
+            self.peak[method] = max(self.peak.get(method, 0), self._under_way[method])
             try:
                 await trio.sleep(self.send_delay)
             finally:
-                self.sending -= 1
+                self._under_way[method] -= 1
+        if method == "sendMessage":
             return self._send_message(params)
         if method == "sendChatAction":
             self.actions.append((int(params["chat_id"]), str(params["action"])))

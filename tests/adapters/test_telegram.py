@@ -186,11 +186,29 @@ async def test_answers_are_sent_a_few_chats_at_a_time_each_chat_in_order(
                 channel.submit(chat, f"answer {n} to chat {chat}", None)
         await wait_until(lambda: len(fake.sent) == 40, within=20)
         channel.close()
-    assert fake.peak_sending == 3  # not one task per answer: 40 at once before
+    assert fake.peak["sendMessage"] == 3  # not one task per answer: 40 at once before
     for chat in range(1, 9):
         assert [m.text for m in fake.sent_to(chat)] == [
             f"answer {n} to chat {chat}" for n in range(5)
         ]
+
+
+async def test_typing_is_shown_a_few_chats_at_a_time(
+    workspace: Path, telegram: Telegram, fake_llm: tuple[FakeLLM, str]
+) -> None:
+    fake, _ = telegram
+    fake.send_delay = 0.2
+    model, url = fake_llm
+    model.script(*[Slow(1, Text("done"))] * 12)
+    config = bot_config(
+        workspace, telegram, default_model="claude-x", anthropic_api_key="k", anthropic_base_url=url
+    )
+    async with serve_bot(config):
+        for chat in range(1, 13):
+            fake.text(chat, "take your time")
+        await wait_until(lambda: all(fake.sent_to(chat) for chat in range(1, 13)), within=30)
+    assert fake.actions  # typing was shown
+    assert fake.peak["sendChatAction"] <= 8  # one call per turn in flight before: 12
 
 
 async def test_a_refused_token_stops_telegram_but_the_bot_keeps_serving(
