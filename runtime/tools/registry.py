@@ -2,12 +2,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping
+from typing import Any
 
 import attrs
 import trio
 
-from runtime.botcore import Bot
+from runtime.botcore import Bot, FileTools, TaskGraph
 from runtime.llm import ToolCall, ToolResult, ToolSpec
+from runtime.logs import Redactor
 
 log = logging.getLogger("runtime.tools")
 
@@ -16,10 +18,20 @@ JSONObject = Mapping[str, object]
 
 @attrs.frozen
 class ToolContext:
-    """What a tool may touch: the bot, and the session it runs for."""
+    """What a tool may touch: the bot, and the session it runs for.
+
+    `files` and `tasks` are the bot's own unless the runtime gives ones configured for it
+    (its tool thread limiter, whether identity files are writable).
+    """
 
     bot: Bot
     session_key: str
+    files: FileTools = attrs.field(
+        default=attrs.Factory(lambda self: self.bot.tools.fs, takes_self=True)
+    )
+    tasks: TaskGraph = attrs.field(
+        default=attrs.Factory(lambda self: self.bot.tasks, takes_self=True)
+    )
 
 
 Handler = Callable[[ToolContext, JSONObject], Awaitable[str]]
@@ -59,13 +71,27 @@ class ToolRegistry:
 class ToolExecutor:
     """Runs the model's tool calls. It never raises for a tool's sake (only `Cancelled`):
     an unknown tool, bad arguments, an exception or a timeout become an error result that
-    goes back to the model, which can then correct itself or tell the user."""
+    goes back to the model, which can then correct itself or tell the user.
 
-    def __init__(self, registry: ToolRegistry, *, timeout: float = 30.0) -> None:
+    Configured secrets are redacted from the arguments (nothing a tool writes or stores holds
+    one) and from the result (nothing a tool reads reaches the model with one)."""
+
+    def __init__(
+        self, registry: ToolRegistry, *, timeout: float = 30.0, redact: Redactor | None = None
+    ) -> None:
         self._registry = registry
         self._timeout = timeout
+        self._redact = redact or Redactor()
 
     async def run(self, call: ToolCall, context: ToolContext) -> ToolResult:
+        if self._redact:
+            call = attrs.evolve(call, arguments=_redacted(call.arguments, self._redact))
+        result = await self._run(call, context)
+        return (
+            attrs.evolve(result, content=self._redact(result.content)) if self._redact else result
+        )
+
+    async def _run(self, call: ToolCall, context: ToolContext) -> ToolResult:
         tool = self._registry.get(call.name)
         if tool is None:
             known = ", ".join(spec.name for spec in self._registry.specs())
@@ -87,11 +113,21 @@ class ToolExecutor:
 
 
 def _describe(exc: Exception) -> str:
-    if isinstance(exc, FileNotFoundError):
-        return f"no such file: {exc.filename}" if exc.filename else "no such file"
-    if isinstance(exc, IsADirectoryError | NotADirectoryError | PermissionError):
-        return f"{exc.strerror}: {exc.filename}"
+    """The error in words for the model. An `OSError` gives only its reason: its file names
+    are absolute paths (the file tools put the path the model gave into the reason)."""
+    if isinstance(exc, OSError):
+        return exc.strerror or type(exc).__name__
     return str(exc) or type(exc).__name__
+
+
+def _redacted(value: Any, redact: Redactor) -> Any:
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, dict):
+        return {key: _redacted(item, redact) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_redacted(item, redact) for item in value]
+    return value
 
 
 _TYPES: dict[str, tuple[type, ...]] = {
