@@ -11,12 +11,15 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from typing import TypeVar
 
 _STANDARD = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime"}
 
 
 REDACTED = "[redacted]"
+
+T = TypeVar("T")
 
 
 class Redactor:
@@ -46,6 +49,16 @@ class Redactor:
             if secret in text:
                 text = text.replace(secret, REDACTED)
         return text
+
+    def value(self, value: T) -> T:
+        """Every string inside a JSON-like value (tool arguments) redacted."""
+        if isinstance(value, str):
+            return self(value)  # type: ignore[return-value]
+        if isinstance(value, Mapping):
+            return {key: self.value(item) for key, item in value.items()}  # type: ignore[return-value]
+        if isinstance(value, list):
+            return [self.value(item) for item in value]  # type: ignore[return-value]
+        return value
 
 
 class RedactSecrets(logging.Filter):

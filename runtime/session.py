@@ -437,7 +437,14 @@ class SessionActor:
                 for kind, count in response.usage.as_dict().items():
                     metrics.tokens.inc(count, kind=kind.removesuffix("_tokens"))
                 if services.redact:
-                    response = attrs.evolve(response, text=services.redact(response.text))
+                    response = attrs.evolve(
+                        response,
+                        text=services.redact(response.text),
+                        tool_calls=tuple(
+                            attrs.evolve(c, arguments=services.redact.value(c.arguments))
+                            for c in response.tool_calls
+                        ),
+                    )
                 return ModelAnswered(response)
             case RunTools(calls):
                 context = ToolContext(

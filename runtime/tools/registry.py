@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from typing import Any
 
 import attrs
 import trio
@@ -85,7 +84,7 @@ class ToolExecutor:
 
     async def run(self, call: ToolCall, context: ToolContext) -> ToolResult:
         if self._redact:
-            call = attrs.evolve(call, arguments=_redacted(call.arguments, self._redact))
+            call = attrs.evolve(call, arguments=self._redact.value(call.arguments))
         result = await self._run(call, context)
         return (
             attrs.evolve(result, content=self._redact(result.content)) if self._redact else result
@@ -118,16 +117,6 @@ def _describe(exc: Exception) -> str:
     if isinstance(exc, OSError):
         return exc.strerror or type(exc).__name__
     return str(exc) or type(exc).__name__
-
-
-def _redacted(value: Any, redact: Redactor) -> Any:
-    if isinstance(value, str):
-        return redact(value)
-    if isinstance(value, dict):
-        return {key: _redacted(item, redact) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_redacted(item, redact) for item in value]
-    return value
 
 
 _TYPES: dict[str, tuple[type, ...]] = {
