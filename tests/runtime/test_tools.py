@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 from collections.abc import AsyncIterator, Mapping
@@ -227,3 +228,26 @@ def test_one_redactor_serves_tool_results_and_logs() -> None:
     assert redact("a sk-ant-SECRET b") == "a [redacted] b"
     assert redact('{"v": "quo\\"te-secret"}') == '{"v": "[redacted]"}'  # as JSON escapes it
     assert redact("abc is too short to be a secret") == "abc is too short to be a secret"
+
+
+async def test_stuck_tools_hold_only_their_own_threads(workspace: Path) -> None:
+    lock = workspace / ".gid" / "graph.yml.lock"
+    lock.parent.mkdir()
+    config = local_config(workspace, tool_threads=2, tool_timeout_seconds=0.5)
+    with lock.open("a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)  # every task tool waits for it
+        async with open_runtime(config) as runtime:
+            stuck: list[Reply] = []
+
+            async def create(session: str) -> None:
+                stuck.append(await ask(runtime, '/tool task_create {"title": "x"}', session))
+
+            async with trio.open_nursery() as nursery:
+                for n in range(4):
+                    nursery.start_soon(create, f"tasks-{n}")
+            other = await ask(runtime, "remember the database still answers", "other")
+            runtime.close()
+    assert [reply.message for reply in stuck] == [
+        "The task_create tool failed: timed out after 0.5s"
+    ] * 4
+    assert other.message == "Got it, I'll remember that."
