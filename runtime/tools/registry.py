@@ -86,9 +86,13 @@ class ToolExecutor:
         if self._redact:
             call = attrs.evolve(call, arguments=self._redact.value(call.arguments))
         result = await self._run(call, context)
-        return (
-            attrs.evolve(result, content=self._redact(result.content)) if self._redact else result
-        )
+        content = self._redact(result.content)
+        if result.is_error:
+            # Error texts may carry absolute paths; the model learns nothing of where the
+            # workspace lives: paths in it become relative, the folder itself '.'.
+            root = str(context.bot.workspace)
+            content = content.replace(root + "/", "").replace(root, ".")
+        return attrs.evolve(result, content=content)
 
     async def _run(self, call: ToolCall, context: ToolContext) -> ToolResult:
         tool = self._registry.get(call.name)

@@ -128,6 +128,13 @@ async def test_a_fifo_read_is_an_error_and_other_sessions_keep_answering(
     assert other.message == "Got it, I'll remember that."
 
 
+async def test_error_results_never_name_where_the_workspace_lives(
+    executor: ToolExecutor, context: ToolContext
+) -> None:
+    result = await executor.run(ToolCall("1", "task_update", {"id": "nope"}), context)
+    assert result.is_error and result.content == "no task 'nope' in .gid/graph.yml"
+
+
 async def test_writing_the_workspace_itself_names_no_path_outside_it(
     tmp_path: Path, workspace: Path
 ) -> None:
