@@ -257,7 +257,7 @@ class FileTools:
                     raise IsADirectoryError(errno.EISDIR, "is a folder")
                 if stat.S_ISREG(info.st_mode):
                     mode = stat.S_IMODE(info.st_mode)
-            temp = f".{name[:200]}.{secrets.token_hex(6)}.tmp"
+            temp = f".{name[:100]}.{secrets.token_hex(6)}.tmp"
             fd = os.open(temp, _TEMP, mode, dir_fd=folder)
             try:
                 with os.fdopen(fd, "wb") as file:

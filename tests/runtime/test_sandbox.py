@@ -27,7 +27,7 @@ from runtime.botcore import (
     TaskGraph,
     TaskGraphError,
 )
-from runtime.testing import bot_process, wait_until
+from runtime.testing import bot_process, fifo, wait_until
 
 SECRET = "TOP SECRET from outside"
 
@@ -131,8 +131,7 @@ async def test_a_hard_link_to_a_file_outside_is_refused(bot: Bot, outside: Path)
 
 
 async def test_a_fifo_is_refused_at_once_instead_of_blocking(bot: Bot) -> None:
-    os.mkfifo(bot.workspace / "pipe")
-    with trio.fail_after(10), pytest.raises(FileRefused, match="is a FIFO, not a regular file"):
+    with fifo(bot.workspace / "pipe"), pytest.raises(FileRefused, match="is a FIFO"):
         await bot.tools.fs.read("pipe")
 
 
@@ -243,9 +242,9 @@ async def test_writable_identity_changes_are_kept_and_can_be_undone(bot: Bot) ->
 
 
 async def test_a_fifo_as_identity_file_does_not_block_a_turn(bot: Bot) -> None:
-    os.mkfifo(bot.workspace / "SOUL.md")
-    with trio.fail_after(10):
-        identity = await bot.identity.load()
+    with fifo(bot.workspace / "SOUL.md", release_after=5), trio.fail_after(2):
+        identity = await bot.identity.load()  # instead of waiting for a writer
+        await trio.lowlevel.checkpoint()
     assert identity.name == "TestBot" and identity.soul == ""
 
 

@@ -18,7 +18,15 @@ from runtime.botcore import Bot
 from runtime.config import Config, ConfigError
 from runtime.llm import ToolCall, ToolSpec
 from runtime.logs import Redactor
-from runtime.testing import FakeLLM, Text, ToolUse, local_config, open_runtime, serve_bot
+from runtime.testing import (
+    FakeLLM,
+    Text,
+    ToolUse,
+    fifo,
+    local_config,
+    open_runtime,
+    serve_bot,
+)
 from runtime.tools import Tool, ToolContext, ToolExecutor, ToolRegistry, builtin_tools
 
 
@@ -111,16 +119,16 @@ async def ask(runtime: Runtime, text: str, session: str = "s") -> Reply:
 async def test_a_fifo_read_is_an_error_and_other_sessions_keep_answering(
     workspace: Path,
 ) -> None:
-    os.mkfifo(workspace / "pipe")
     async with open_runtime(local_config(workspace, turn_timeout_seconds=60)) as runtime:
-        async with trio.open_nursery() as nursery:
-            replies: list[Reply] = []
+        replies: list[Reply] = []
+        with fifo(workspace / "pipe", release_after=5):
 
             async def read_pipe(session: str) -> None:
                 replies.append(await ask(runtime, "read pipe", session))
 
-            for n in range(45):  # more than trio's 40 default worker threads
-                nursery.start_soon(read_pipe, f"pipe-{n}")
+            async with trio.open_nursery() as nursery:
+                for n in range(45):  # more than trio's 40 default worker threads
+                    nursery.start_soon(read_pipe, f"pipe-{n}")
         other = await ask(runtime, "remember the other sessions still work", "other")
         runtime.close()
     assert len(replies) == 45
