@@ -78,11 +78,8 @@ class FileTools:
                 inside = _inside(self._root, Path(f"{db_file.resolve()}{suffix}"))
                 if inside is not None:
                     protected.add(inside)
-        self._protected = frozenset(protected)
-
-    @property
-    def limiter(self) -> trio.CapacityLimiter:
-        return self._limiter
+        # Compared case-insensitively: on macOS "BOTCORE.TOML" is the same file.
+        self._protected = frozenset(name.casefold() for name in protected)
 
     def parts(self, path: str) -> tuple[str, ...]:
         """The path's parts relative to the workspace (`()` for the workspace itself).
@@ -104,7 +101,7 @@ class FileTools:
                 raise OutsideWorkspace(f"{path!r} is outside the workspace")
             pure = pure.relative_to(self._root)
         parts = tuple(part for part in pure.parts if part != ".")
-        if "/".join(parts) in self._protected:
+        if "/".join(parts).casefold() in self._protected:
             raise FileRefused(
                 f"{path!r} is the bot's own configuration, database or lock file; "
                 "tools cannot read, write or list it"
@@ -272,7 +269,7 @@ class FileTools:
         names = []
         with self._folder(path, parts) as folder, os.scandir(folder) as entries:
             for entry in entries:
-                if f"{prefix}/{entry.name}".lstrip("/") in self._protected:
+                if f"{prefix}/{entry.name}".lstrip("/").casefold() in self._protected:
                     continue
                 names.append(entry.name + ("/" if entry.is_dir(follow_symlinks=False) else ""))
         return sorted(names)
@@ -351,4 +348,4 @@ def _inside(root: Path, path: Path) -> str | None:
 
 
 def _is_identity(parts: tuple[str, ...]) -> bool:
-    return len(parts) == 1 and parts[0] in IDENTITY_FILES
+    return len(parts) == 1 and parts[0].casefold() in {name.casefold() for name in IDENTITY_FILES}
