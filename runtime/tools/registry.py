@@ -87,6 +87,8 @@ class ToolExecutor:
             call = attrs.evolve(call, arguments=self._redact.value(call.arguments))
         result = await self._run(call, context)
         content = self._redact(result.content)
+        if content != result.content:
+            log.warning("tool %s: a configured secret was redacted from its result", call.name)
         if result.is_error:
             # Error texts may carry absolute paths; the model learns nothing of where the
             # workspace lives: paths in it become relative, the folder itself '.'.
