@@ -24,13 +24,14 @@ from adapters.telegram import (
     TelegramWebhook,
 )
 from adapters.webhook import CallbackSender, ReplayGuard, WebhookSource
-from runtime.botcore import Bot, Summarize, consolidate
+from runtime.botcore import Bot, FileTools, Summarize, TaskGraph, consolidate
 from runtime.config import Config
 from runtime.deliveries import Deliveries
 from runtime.inbox import Inbox, InboxEntry
 from runtime.llm import ModelRequest, Provider, UserText
 from runtime.llm.fallback import FallbackProvider
 from runtime.llm.select import choose_models, open_provider
+from runtime.logs import Redactor
 from runtime.memory_api import MemoryApi
 from runtime.metrics import Metrics
 from runtime.session import Job, SessionActor, SessionServices, TurnLimits
@@ -132,19 +133,31 @@ class Runtime:
             RateLimiter(config.session_rate_per_minute) if config.session_rate_per_minute else None
         )
         tools = tools or ToolRegistry(builtin_tools())
+        redact = Redactor(config.secrets)
+        # The tools' own threads: a stuck tool never takes the database's or trio's default ones.
+        tool_threads = trio.CapacityLimiter(config.tool_threads)
         self.services = SessionServices(
             bot=bot,
             provider=provider,
             tools=tools,
-            executor=ToolExecutor(tools, timeout=config.tool_timeout_seconds),
+            executor=ToolExecutor(tools, timeout=config.tool_timeout_seconds, redact=redact),
             inbox=self.inbox,
             model_limiter=trio.CapacityLimiter(config.model_concurrency),
             metrics=self.metrics,
             limits=TurnLimits(
                 max_tool_rounds=config.max_tool_rounds,
+                max_tool_calls=config.max_tool_calls,
                 prompt_token_budget=config.prompt_token_budget,
             ),
             turn_timeout=config.turn_timeout_seconds,
+            files=FileTools(
+                bot.workspace,
+                bot.db,
+                limiter=tool_threads,
+                identity_writable=config.identity_writable,
+            ),
+            tasks=TaskGraph(bot.workspace, limiter=tool_threads),
+            redact=redact,
         )
         self.registry: Registry[str, SessionMessage] = Registry(
             lambda key: _Session(key, self.services),

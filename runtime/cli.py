@@ -9,6 +9,7 @@ import logging
 import os
 import signal
 import sys
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -61,6 +62,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     tasks_cmd = commands.add_parser("tasks", help="print the task graph (.gid/graph.yml)")
     tasks_cmd.add_argument("--workspace", type=Path)
     tasks_cmd.add_argument("--ready", action="store_true", help="only tasks that can start now")
+    identity_cmd = commands.add_parser(
+        "identity", help="show or undo the changes tools made to IDENTITY.md, SOUL.md, USER.md"
+    )
+    identity_cmd.add_argument("--workspace", type=Path)
+    identity = identity_cmd.add_subparsers(dest="action", required=True)
+    identity.add_parser("history", help="the changes, newest first, with the text each replaced")
+    identity.add_parser("restore", help="put back a file's text from before a change").add_argument(
+        "change", type=int, metavar="ID"
+    )
     args = parser.parse_args(argv)
 
     if args.command == "init":
@@ -89,6 +99,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             trio.run(_tasks, config, args.ready)
         elif args.command == "memory":
             return trio.run(_memory, config, args)
+        elif args.command == "identity":
+            trio.run(_identity, config, args.action, getattr(args, "change", None))
     except BaseException as exc:
         leaves = list(_leaves(exc))
         if all(isinstance(leaf, KeyboardInterrupt) for leaf in leaves):
@@ -286,6 +298,30 @@ async def _memory(config: Config, args: argparse.Namespace) -> int:
             )
             return 1 if bad else 0
     return 0
+
+
+async def _identity(config: Config, action: str, change_id: int | None) -> None:
+    """`identity history` lists the tools' changes with the text each replaced; `identity
+    restore ID` puts that text back (itself recorded, so it can be undone too)."""
+    async with await Bot.open(config.workspace, config.db_path) as bot:
+        if action == "restore":
+            assert change_id is not None
+            change = await bot.tools.fs.restore_identity(change_id)
+            state = "did not exist" if change.before is None else "was"
+            print(f"restored {change.file} as it {state} before change {change.id}")
+            return
+        changes = await bot.tools.fs.identity_history.changes()
+        if not changes:
+            print("no changes to identity files")
+        for change in changes:
+            when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(change.at))
+            print(f"{change.id}\t{when}\t{change.file}\t{change.op}")
+            if change.before is None:
+                print("    before: (the file did not exist)")
+            else:
+                print("    before:")
+                for line in change.before.splitlines() or [""]:
+                    print(f"    | {line}")
 
 
 if __name__ == "__main__":

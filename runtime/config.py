@@ -96,6 +96,12 @@ class Config:
     turn_timeout_seconds: float = attrs.field(default=120.0, validator=_positive)
     tool_timeout_seconds: float = attrs.field(default=30.0, validator=_positive)
     shutdown_grace_seconds: float = attrs.field(default=10.0, validator=_positive)
+    max_tool_calls: int = attrs.field(default=32, validator=_positive)
+    """Tool calls run per model answer; the rest get an error result."""
+    tool_threads: int = attrs.field(default=8, validator=_positive)
+    """Worker threads the file and task tools may hold at once (their own pool)."""
+    identity_writable: bool = False
+    """Whether tools may change IDENTITY.md, SOUL.md and USER.md (each change is kept)."""
     webhooks: dict[str, WebhookSettings] = attrs.field(factory=dict)
 
     @property
@@ -186,3 +192,17 @@ _converter.register_structure_hook(
     ),
 )
 _converter.register_structure_hook(float, lambda value, _: float(str(value)))
+
+
+def _bool(value: object, _: object) -> bool:
+    if isinstance(value, bool):
+        return value
+    word = str(value).strip().lower()
+    if word in ("true", "1", "yes", "on"):
+        return True
+    if word in ("false", "0", "no", "off"):
+        return False
+    raise ValueError(f"expected true or false, got {value!r}")
+
+
+_converter.register_structure_hook(bool, _bool)

@@ -1,6 +1,8 @@
 """Logging set-up: plain lines by default, JSON with LOG_FORMAT=json; secrets never printed.
 
 Turn transitions carry `session`, `turn`, `state` and `duration_ms` as structured fields.
+`Redactor` is the one place secrets are taken out of text: log records here, tool results
+and stored text in the session.
 """
 
 from __future__ import annotations
@@ -9,33 +11,70 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from typing import TypeVar
 
 _STANDARD = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime"}
 
 
+REDACTED = "[redacted]"
+
+T = TypeVar("T")
+
+
+class Redactor:
+    """Replaces every configured secret (API keys, tokens, webhook secrets) in a text.
+
+    Each secret is also looked for as JSON escapes it, so one read back through a tool's JSON
+    answer is caught too. Values shorter than 4 characters are not secrets worth the name and
+    would blank out ordinary words.
+    """
+
+    def __init__(self, secrets: Iterable[str | None] = ()) -> None:
+        forms = set()
+        for secret in secrets:
+            if secret and len(secret) >= 4:
+                forms |= {
+                    secret,
+                    json.dumps(secret)[1:-1],
+                    json.dumps(secret, ensure_ascii=False)[1:-1],
+                }
+        self._secrets = sorted(forms, key=len, reverse=True)
+
+    def __bool__(self) -> bool:
+        return bool(self._secrets)
+
+    def __call__(self, text: str) -> str:
+        for secret in self._secrets:
+            if secret in text:
+                text = text.replace(secret, REDACTED)
+        return text
+
+    def value(self, value: T) -> T:
+        """Every string inside a JSON-like value (tool arguments) redacted."""
+        if isinstance(value, str):
+            return self(value)  # type: ignore[return-value]
+        if isinstance(value, Mapping):
+            return {key: self.value(item) for key, item in value.items()}  # type: ignore[return-value]
+        if isinstance(value, list):
+            return [self.value(item) for item in value]  # type: ignore[return-value]
+        return value
+
+
 class RedactSecrets(logging.Filter):
-    """Replaces the configured secrets (API keys, tokens) wherever they appear in a record."""
+    """Replaces the configured secrets wherever they appear in a record."""
 
     def __init__(self, secrets: Iterable[str | None]) -> None:
         super().__init__()
-        self._secrets = sorted({s for s in secrets if s and len(s) >= 4}, key=len, reverse=True)
+        self._redact = Redactor(secrets)
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if self._secrets:
-            message = record.getMessage()
-            for secret in self._secrets:
-                message = message.replace(secret, "[redacted]")
-            record.msg, record.args = message, None
+        if self._redact:
+            record.msg, record.args = self._redact(record.getMessage()), None
             if record.exc_info and record.exc_info[1] is not None:
                 record.exc_text = self._redact(logging.Formatter().formatException(record.exc_info))
                 record.exc_info = None
         return True
-
-    def _redact(self, text: str) -> str:
-        for secret in self._secrets:
-            text = text.replace(secret, "[redacted]")
-        return text
 
 
 class JsonFormatter(logging.Formatter):

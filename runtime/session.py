@@ -19,7 +19,7 @@ import attrs
 import trio
 
 from adapters import Inbound, Reply, ReplyError, TextDelta, ToolProgress
-from runtime.botcore import Bot, HistoryEntry, Identity, Memory, MemoryType
+from runtime.botcore import Bot, FileTools, HistoryEntry, Identity, Memory, MemoryType, TaskGraph
 from runtime.inbox import Inbox
 from runtime.llm import (
     AssistantTurn,
@@ -33,6 +33,7 @@ from runtime.llm import (
     ToolResults,
     Usage,
 )
+from runtime.logs import Redactor
 from runtime.metrics import Metrics
 from runtime.prompt import PromptTokens, build_request
 from runtime.tokens import TokenCounter
@@ -56,6 +57,7 @@ class Phase(enum.StrEnum):
 @attrs.frozen
 class TurnLimits:
     max_tool_rounds: int = 8
+    max_tool_calls: int = 32
     recall_limit: int = 8
     history_limit: int = 40
     max_tokens: int = 1024
@@ -306,6 +308,11 @@ class SessionServices:
     limits: TurnLimits = TurnLimits()
     turn_timeout: float = 120.0
     tokens: TokenCounter = attrs.field(factory=TokenCounter)
+    files: FileTools | None = None
+    """The file tools configured for the runtime; the bot's own when None."""
+    tasks: TaskGraph | None = None
+    redact: Redactor = attrs.field(factory=Redactor)
+    """Takes configured secrets out of the user's text and the model's answer."""
 
 
 class SessionActor:
@@ -324,7 +331,9 @@ class SessionActor:
         services = self._services
         await services.inbox.processing(job.inbox_id)
         turn = Turn(
-            turn_id=uuid.uuid4().hex[:12], session_id=job.inbound.session_id, text=job.inbound.text
+            turn_id=uuid.uuid4().hex[:12],
+            session_id=job.inbound.session_id,
+            text=services.redact(job.inbound.text),
         )
         event: Event = Start()
         started = entered = trio.current_time()
@@ -429,17 +438,37 @@ class SessionActor:
                 metrics.model_retries.inc(response.retries.count)
                 for kind, count in response.usage.as_dict().items():
                     metrics.tokens.inc(count, kind=kind.removesuffix("_tokens"))
+                if services.redact:
+                    response = attrs.evolve(
+                        response,
+                        text=services.redact(response.text),
+                        tool_calls=tuple(
+                            attrs.evolve(c, arguments=services.redact.value(c.arguments))
+                            for c in response.tool_calls
+                        ),
+                    )
                 return ModelAnswered(response)
             case RunTools(calls):
-                context = ToolContext(bot, self.session_key)
+                context = ToolContext(
+                    bot,
+                    self.session_key,
+                    services.files or bot.tools.fs,
+                    services.tasks or bot.tasks,
+                )
+                cap = services.limits.max_tool_calls
                 results = []
-                for call in calls:
+                for call in calls[:cap]:
                     inbound.responder.progress(ToolProgress(call.name, call.id, "start"))
                     result = await services.executor.run(call, context)
                     inbound.responder.progress(
                         ToolProgress(call.name, call.id, "end", is_error=result.is_error)
                     )
                     results.append(result)
+                skipped = (
+                    f"not run: at most {cap} tool calls are run per answer, and this answer "
+                    f"had {len(calls)}; call the rest again in the next answer if still needed"
+                )
+                results += [ToolResult(c.id, c.name, skipped, True) for c in calls[cap:]]
                 return ToolsFinished(tuple(results))
             case Store(text, reply):
                 reply = _timed(reply, started)

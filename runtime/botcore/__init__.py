@@ -11,6 +11,7 @@ Errors::
     BotCoreError
     ├── WorkspaceError   the workspace is missing or unreadable
     ├── OutsideWorkspace a file path leads outside the workspace
+    ├── FileRefused      a file tools may not use (config, database, lock, identity, FIFO, ...)
     ├── InvalidMemory    a memory with no content, an unknown type, importance outside [0, 1]
     └── TaskGraphError   .gid/graph.yml cannot be read, or a task asked for is not in it
 """
@@ -24,11 +25,17 @@ from runtime.botcore._consolidation import (
     extractive_summary,
 )
 from runtime.botcore._db import Database
-from runtime.botcore._errors import BotCoreError, InvalidMemory, OutsideWorkspace, WorkspaceError
+from runtime.botcore._errors import (
+    BotCoreError,
+    FileRefused,
+    InvalidMemory,
+    OutsideWorkspace,
+    WorkspaceError,
+)
 from runtime.botcore._files import FileTools
 from runtime.botcore._gid import GraphView, TaskGraph, TaskGraphError, TaskNode
 from runtime.botcore._history import History, HistoryEntry
-from runtime.botcore._identity import Identity, IdentityFiles
+from runtime.botcore._identity import Identity, IdentityChange, IdentityFiles, IdentityHistory
 from runtime.botcore._memory import Memory, MemoryStats, MemoryStore, MemoryType
 
 __all__ = [
@@ -37,12 +44,15 @@ __all__ = [
     "BotTools",
     "ConsolidationStats",
     "Database",
+    "FileRefused",
     "FileTools",
     "GraphView",
     "History",
     "HistoryEntry",
     "Identity",
+    "IdentityChange",
     "IdentityFiles",
+    "IdentityHistory",
     "InvalidMemory",
     "Memory",
     "MemoryStats",

@@ -9,7 +9,7 @@ import trio
 
 from runtime.botcore._db import Database
 from runtime.botcore._errors import WorkspaceError
-from runtime.botcore._files import FileTools
+from runtime.botcore._files import TOOL_THREADS, FileTools
 from runtime.botcore._gid import TaskGraph
 from runtime.botcore._history import History
 from runtime.botcore._identity import IdentityFiles
@@ -30,8 +30,9 @@ class Bot:
         self.identity = IdentityFiles(workspace)
         self.memory = MemoryStore(db)
         self.history = History(db)
-        self.tasks = TaskGraph(workspace)
-        self.tools = BotTools(fs=FileTools(workspace, db))
+        limiter = trio.CapacityLimiter(TOOL_THREADS)
+        self.tasks = TaskGraph(workspace, limiter=limiter)
+        self.tools = BotTools(fs=FileTools(workspace, db, limiter=limiter))
 
     @classmethod
     async def open(cls, workspace: str | os.PathLike[str], db_path: Path | None = None) -> Bot:

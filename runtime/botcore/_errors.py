@@ -15,3 +15,9 @@ class OutsideWorkspace(BotCoreError):
 
 class InvalidMemory(BotCoreError, ValueError):
     """A memory that cannot be stored as given."""
+
+
+class FileRefused(BotCoreError):
+    """A file the tools may not use: the bot's configuration, database or lock files, an
+    identity file while those are read-only, a hard link, a FIFO, socket or device, or a
+    file too large to read."""

@@ -19,9 +19,10 @@ import hashlib
 import io
 import os
 import re
-from collections.abc import Iterator, MutableMapping, Sequence
+import time
+from collections.abc import Callable, Iterator, MutableMapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import attrs
 import trio
@@ -34,6 +35,10 @@ from runtime.botcore._errors import BotCoreError
 GRAPH_FILE = Path(".gid") / "graph.yml"
 DONE = frozenset({"done", "completed", "closed"})
 STATUSES = ("todo", "in_progress", "blocked", "done")
+LOCK_TIMEOUT = 10.0
+"""Seconds a change waits for `.gid/graph.yml.lock` before giving up."""
+
+T = TypeVar("T")
 
 
 class TaskGraphError(BotCoreError):
@@ -90,12 +95,24 @@ class TaskGraph:
     change is refused with `TaskGraphError` rather than overwriting someone's edit.
     """
 
-    def __init__(self, workspace: Path) -> None:
+    def __init__(
+        self,
+        workspace: Path,
+        *,
+        limiter: trio.CapacityLimiter | None = None,
+        lock_timeout: float = LOCK_TIMEOUT,
+    ) -> None:
         self.path = workspace / GRAPH_FILE
         self._lock = trio.Lock()
+        self._limiter = limiter
+        self._lock_timeout = lock_timeout
 
     async def load(self) -> GraphView:
-        return await trio.to_thread.run_sync(self._load)
+        return await self._thread(self._load)
+
+    async def _thread(self, call: Callable[[], T]) -> T:
+        """A worker thread under the tools' limiter, abandoned if the caller is cancelled."""
+        return await trio.to_thread.run_sync(call, abandon_on_cancel=True, limiter=self._limiter)
 
     async def create(
         self,
@@ -152,7 +169,7 @@ class TaskGraph:
 
     async def _edit(self, change: Any) -> TaskNode:
         async with self._lock:
-            node_id = await trio.to_thread.run_sync(self._edit_file, change)
+            node_id = await self._thread(lambda: self._edit_file(change))
         view = await self.load()
         node = view.node(node_id)
         assert node is not None
@@ -164,7 +181,7 @@ class TaskGraph:
 
     def _edit_file(self, change: Any) -> str:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with _file_lock(self.path.with_name(self.path.name + ".lock")):
+        with _file_lock(self.path.with_name(self.path.name + ".lock"), self._lock_timeout):
             for _ in range(3):
                 before = self.path.read_bytes() if self.path.exists() else b""
                 doc = _Document(before.decode("utf-8"), str(self.path), editing=True)
@@ -414,10 +431,22 @@ def _digest(data: bytes) -> str:
 
 
 @contextlib.contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    """Between processes (two bots, the GID tool if it takes the same lock)."""
+def _file_lock(path: Path, timeout: float) -> Iterator[None]:
+    """Between processes (two bots, the GID tool if it takes the same lock); waits at most
+    `timeout` seconds, so a lock someone forgot never holds a worker thread for good."""
     with path.open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise TaskGraphError(
+                        f"{path.name} is held by another process (a GID tool or another bot) "
+                        f"for more than {timeout:g}s; nothing was written, try again later"
+                    ) from None
+                time.sleep(0.05)
         try:
             yield
         finally:

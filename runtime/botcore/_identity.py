@@ -1,13 +1,20 @@
 from __future__ import annotations
 
+import os
 import re
+import sqlite3
+import stat
+import time
 from pathlib import Path
 
 import attrs
 import trio
 
+from runtime.botcore._db import Database
+
 _FIELD = re.compile(r"^\s*[-*]\s*\*\*(?P<key>[^*:]+):?\*\*:?\s*(?P<value>.*?)\s*$")
-_FILES = ("IDENTITY.md", "SOUL.md", "USER.md")
+IDENTITY_FILES = ("IDENTITY.md", "SOUL.md", "USER.md")
+_MAX_BYTES = 1 << 20
 
 
 @attrs.frozen
@@ -68,9 +75,9 @@ class IdentityFiles:
         return self._current
 
     def _load(self) -> Identity:
-        stamp = tuple(_stamp(self._workspace / name) for name in _FILES)
+        stamp = tuple(_stamp(self._workspace / name) for name in IDENTITY_FILES)
         if stamp != self._stamp:
-            texts = [_read(self._workspace / name) for name in _FILES]
+            texts = [_read(self._workspace / name) for name in IDENTITY_FILES]
             self._current = Identity.parse(*texts)
             self._stamp = stamp
         return self._current
@@ -85,7 +92,84 @@ def _stamp(path: Path) -> tuple[int, int] | None:
 
 
 def _read(path: Path) -> str:
+    """The file's text; "" when missing or not a regular file (a FIFO must not block a turn)."""
     try:
-        return path.read_text(encoding="utf-8")
-    except FileNotFoundError:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
+    except (FileNotFoundError, NotADirectoryError):
         return ""
+    with os.fdopen(fd, "rb") as file:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return ""
+        return file.read(_MAX_BYTES).decode("utf-8", errors="replace")
+
+
+@attrs.frozen
+class IdentityChange:
+    """One change of an identity file by a tool (or a restore), with the text it replaced."""
+
+    id: int
+    at: float
+    file: str
+    op: str
+    before: str | None
+    """The previous text; None when the file did not exist."""
+    after: str | None
+
+
+_TABLE = """
+CREATE TABLE IF NOT EXISTS identity_changes (
+    id INTEGER PRIMARY KEY,
+    at REAL NOT NULL,
+    file TEXT NOT NULL,
+    op TEXT NOT NULL,
+    before TEXT,
+    after TEXT
+)
+"""
+
+
+class IdentityHistory:
+    """Every change the tools made to IDENTITY.md, SOUL.md or USER.md, so it can be undone
+    (`botcorebot identity history|restore`). The table is created on first use."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    async def record(self, file: str, op: str, before: str | None, after: str | None) -> int:
+        now = time.time()
+
+        def insert(db: sqlite3.Connection) -> int:
+            db.execute(_TABLE)
+            cursor = db.execute(
+                "INSERT INTO identity_changes (at, file, op, before, after) VALUES (?, ?, ?, ?, ?)",
+                (now, file, op, before, after),
+            )
+            assert cursor.lastrowid is not None
+            return cursor.lastrowid
+
+        return await self._db.run(insert)
+
+    async def changes(self, limit: int = 50) -> list[IdentityChange]:
+        """The latest changes, newest first."""
+
+        def select(db: sqlite3.Connection) -> list[IdentityChange]:
+            db.execute(_TABLE)
+            rows = db.execute(
+                "SELECT id, at, file, op, before, after FROM identity_changes "
+                "ORDER BY id DESC LIMIT ?",
+                (limit,),
+            ).fetchall()
+            return [IdentityChange(*row) for row in rows]
+
+        return await self._db.run(select)
+
+    async def get(self, change_id: int) -> IdentityChange | None:
+        def select(db: sqlite3.Connection) -> IdentityChange | None:
+            db.execute(_TABLE)
+            row = db.execute(
+                "SELECT id, at, file, op, before, after FROM identity_changes WHERE id = ?",
+                (change_id,),
+            ).fetchone()
+            return None if row is None else IdentityChange(*row)
+
+        return await self._db.run(select)

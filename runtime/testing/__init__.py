@@ -11,6 +11,7 @@ from runtime.testing.bot import (
     serve_bot,
 )
 from runtime.testing.fake_telegram import FakeTelegram
+from runtime.testing.files import fifo
 from runtime.testing.local import open_local, serve_local
 from runtime.testing.process import BotProcess, bot_process, free_port
 from runtime.testing.receiver import Received, Receiver
@@ -66,6 +67,7 @@ __all__ = [
     "Text",
     "ToolUse",
     "bot_process",
+    "fifo",
     "free_port",
     "local_config",
     "make_workspace",

@@ -24,23 +24,21 @@ def _schema(required: list[str], **properties: object) -> dict[str, object]:
 
 
 async def _read(context: ToolContext, args: JSONObject) -> str:
-    return await context.bot.tools.fs.read(str(args["path"]))
+    return await context.files.read(str(args["path"]))
 
 
 async def _write(context: ToolContext, args: JSONObject) -> str:
-    size = await context.bot.tools.fs.write(str(args["path"]), str(args["content"]))
+    size = await context.files.write(str(args["path"]), str(args["content"]))
     return f"wrote {size} bytes to {args['path']}"
 
 
 async def _edit(context: ToolContext, args: JSONObject) -> str:
-    size = await context.bot.tools.fs.edit(
-        str(args["path"]), str(args["old_text"]), str(args["new_text"])
-    )
+    size = await context.files.edit(str(args["path"]), str(args["old_text"]), str(args["new_text"]))
     return f"edited {args['path']} ({size} bytes now)"
 
 
 async def _list(context: ToolContext, args: JSONObject) -> str:
-    entries = await context.bot.tools.fs.list(str(args.get("path", ".")))
+    entries = await context.files.list(str(args.get("path", ".")))
     return "\n".join(entries) if entries else "(empty folder)"
 
 
@@ -74,7 +72,7 @@ def _task_line(task: TaskNode) -> str:
 
 
 async def _task_create(context: ToolContext, args: JSONObject) -> str:
-    task = await context.bot.tasks.create(
+    task = await context.tasks.create(
         str(args["title"]),
         type=str(args.get("type", "task")),
         description=str(args.get("description", "")),
@@ -87,7 +85,7 @@ async def _task_create(context: ToolContext, args: JSONObject) -> str:
 async def _task_update(context: ToolContext, args: JSONObject) -> str:
     status, title = args.get("status"), args.get("title")
     description = args.get("description")
-    task = await context.bot.tasks.update(
+    task = await context.tasks.update(
         str(args["id"]),
         status=None if status is None else str(status),
         title=None if title is None else str(title),
@@ -98,7 +96,7 @@ async def _task_update(context: ToolContext, args: JSONObject) -> str:
 
 
 async def _task_list(context: ToolContext, args: JSONObject) -> str:
-    graph = await context.bot.tasks.load()
+    graph = await context.tasks.load()
     tasks = graph.ready() if args.get("ready") else list(graph.nodes)
     if args.get("status"):
         tasks = [t for t in tasks if t.status == args["status"]]

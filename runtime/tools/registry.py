@@ -6,8 +6,9 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 import attrs
 import trio
 
-from runtime.botcore import Bot
+from runtime.botcore import Bot, FileTools, TaskGraph
 from runtime.llm import ToolCall, ToolResult, ToolSpec
+from runtime.logs import Redactor
 
 log = logging.getLogger("runtime.tools")
 
@@ -16,10 +17,20 @@ JSONObject = Mapping[str, object]
 
 @attrs.frozen
 class ToolContext:
-    """What a tool may touch: the bot, and the session it runs for."""
+    """What a tool may touch: the bot, and the session it runs for.
+
+    `files` and `tasks` are the bot's own unless the runtime gives ones configured for it
+    (its tool thread limiter, whether identity files are writable).
+    """
 
     bot: Bot
     session_key: str
+    files: FileTools = attrs.field(
+        default=attrs.Factory(lambda self: self.bot.tools.fs, takes_self=True)
+    )
+    tasks: TaskGraph = attrs.field(
+        default=attrs.Factory(lambda self: self.bot.tasks, takes_self=True)
+    )
 
 
 Handler = Callable[[ToolContext, JSONObject], Awaitable[str]]
@@ -59,13 +70,33 @@ class ToolRegistry:
 class ToolExecutor:
     """Runs the model's tool calls. It never raises for a tool's sake (only `Cancelled`):
     an unknown tool, bad arguments, an exception or a timeout become an error result that
-    goes back to the model, which can then correct itself or tell the user."""
+    goes back to the model, which can then correct itself or tell the user.
 
-    def __init__(self, registry: ToolRegistry, *, timeout: float = 30.0) -> None:
+    Configured secrets are redacted from the arguments (nothing a tool writes or stores holds
+    one) and from the result (nothing a tool reads reaches the model with one)."""
+
+    def __init__(
+        self, registry: ToolRegistry, *, timeout: float = 30.0, redact: Redactor | None = None
+    ) -> None:
         self._registry = registry
         self._timeout = timeout
+        self._redact = redact or Redactor()
 
     async def run(self, call: ToolCall, context: ToolContext) -> ToolResult:
+        if self._redact:
+            call = attrs.evolve(call, arguments=self._redact.value(call.arguments))
+        result = await self._run(call, context)
+        content = self._redact(result.content)
+        if content != result.content:
+            log.warning("tool %s: a configured secret was redacted from its result", call.name)
+        if result.is_error:
+            # Error texts may carry absolute paths; the model learns nothing of where the
+            # workspace lives: paths in it become relative, the folder itself '.'.
+            root = str(context.bot.workspace)
+            content = content.replace(root + "/", "").replace(root, ".")
+        return attrs.evolve(result, content=content)
+
+    async def _run(self, call: ToolCall, context: ToolContext) -> ToolResult:
         tool = self._registry.get(call.name)
         if tool is None:
             known = ", ".join(spec.name for spec in self._registry.specs())
@@ -87,10 +118,10 @@ class ToolExecutor:
 
 
 def _describe(exc: Exception) -> str:
-    if isinstance(exc, FileNotFoundError):
-        return f"no such file: {exc.filename}" if exc.filename else "no such file"
-    if isinstance(exc, IsADirectoryError | NotADirectoryError | PermissionError):
-        return f"{exc.strerror}: {exc.filename}"
+    """The error in words for the model. An `OSError` gives only its reason: its file names
+    are absolute paths (the file tools put the path the model gave into the reason)."""
+    if isinstance(exc, OSError):
+        return exc.strerror or type(exc).__name__
     return str(exc) or type(exc).__name__
 
 

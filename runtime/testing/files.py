@@ -1,0 +1,37 @@
+"""Odd files for sandbox tests."""
+
+from __future__ import annotations
+
+import errno
+import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+
+@contextmanager
+def fifo(path: Path, *, release_after: float = 20.0) -> Iterator[Path]:
+    """A FIFO at `path` for the `with` block. After `release_after` seconds, anyone still
+    blocked opening it for reading is let go (a writer opens and closes it at once), so a
+    test of code that blocks on a FIFO fails instead of hanging the test run."""
+    os.mkfifo(path)
+    done = threading.Event()
+
+    def release() -> None:
+        if done.wait(release_after):
+            return
+        while not done.wait(0.05):
+            try:
+                os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
+            except OSError as exc:  # ENXIO: nobody is reading right now
+                if exc.errno not in (errno.ENXIO, errno.ENOENT):
+                    raise
+
+    thread = threading.Thread(target=release, daemon=True)
+    thread.start()
+    try:
+        yield path
+    finally:
+        done.set()
+        thread.join(5)
