@@ -207,7 +207,7 @@ _converter.register_structure_hook(bool, _exactly(bool))
 _converter.register_structure_hook(int, _exactly(int))
 _converter.register_structure_hook(float, _number)
 _strict = _converter.copy(forbid_extra_keys=True)
-"""For the memory API: an unknown field is an error, named in the answer."""
+"""For JSON bodies: an unknown (mistyped) field is an error, named in the answer."""
 
 
 def reply_status(reply: Reply) -> int:
@@ -235,6 +235,7 @@ def create_app(
 
     @app.errorhandler(ApiError)
     async def api_error(error: ApiError) -> Response:
+        _log_refused(error.status, error.kind, str(error))
         return _json(
             {"error": {"type": error.kind, "message": str(error)}}, error.status, error.headers
         )
@@ -246,6 +247,7 @@ def create_app(
             message = f"request body is larger than {settings.max_body_bytes} bytes"
         else:
             message = error.description or error.name
+        _log_refused(status, _slug(error.name), message)
         return _json({"error": {"type": _slug(error.name), "message": message}}, status)
 
     @app.before_request
@@ -468,7 +470,7 @@ async def _read_json(model: type[T], converter: cattrs.Converter = _converter) -
 
 
 async def _read_message(settings: HttpSettings) -> MessageRequest:
-    payload = await _read_json(MessageRequest)
+    payload = await _read_json(MessageRequest, _strict)
     if not payload.message.strip():
         raise ApiError(400, "invalid_request", "'message' must not be empty")
     if len(payload.message) > settings.max_message_chars:
@@ -494,6 +496,20 @@ def _json(
         status=status,
         headers=dict(headers or {}),
         content_type="application/json",
+    )
+
+
+def _log_refused(status: int, kind: str, message: str) -> None:
+    """One line per refused request, for operators (the client got the same message)."""
+    log.log(
+        logging.WARNING if status >= 500 else logging.INFO,
+        "refused %s %s from %s: %d %s: %s",
+        request.method,
+        request.path,
+        request.remote_addr,
+        status,
+        kind,
+        message,
     )
 
 

@@ -63,7 +63,8 @@ async def test_a_port_in_use_is_named(workspace: Path) -> None:
         result = await trio.to_thread.run_sync(
             lambda: run_cli("serve", "--workspace", str(workspace), "--port", port)
         )
-    assert result.returncode == 2 and "port is already in use" in result.stderr
+    assert result.returncode == 2
+    assert f"port {port} on 127.0.0.1 is already in use" in result.stderr
 
 
 async def test_sigterm_shuts_down_cleanly_and_says_it_runs_offline(workspace: Path) -> None:
