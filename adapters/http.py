@@ -267,7 +267,9 @@ def create_app(
                 401,
                 "unauthorized",
                 "this API needs 'Authorization: Bearer <token>' with the configured BOTCORE_API_TOKEN",
-                {"WWW-Authenticate": 'Bearer realm="botcorebot"'},
+                # Refused before the body is read: close, or the next request on this
+                # connection can hang behind the unread body.
+                {"WWW-Authenticate": 'Bearer realm="botcorebot"', "Connection": "close"},
             )
 
     @app.get("/healthz")
