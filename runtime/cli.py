@@ -559,7 +559,9 @@ async def _doctor(config: Config, report: _Report) -> None:
     for name in config.webhooks:
         report.ok(f"webhook source {name!r}: POST /webhooks/{name}, secret set")
     problem = _port_problem(config.http_host, config.http_port)
-    if problem:
+    if problem and await _serving(config.http_host, config.http_port):
+        report.warn(f"HTTP port {config.http_port}: a bot is running there (its /healthz answers)")
+    elif problem:
         report.fail(problem)
     else:
         report.ok(f"HTTP port {config.http_port} on {config.http_host} is free")
@@ -614,6 +616,19 @@ async def _check_telegram(config: Config) -> tuple[str | None, str]:
     except (httpx2.HTTPError, trio.TooSlowError) as exc:
         return f"cannot reach {config.telegram_api_base_url}: {type(exc).__name__}", ""
     return None, str(me.get("username", "?")) if isinstance(me, dict) else "?"
+
+
+async def _serving(host: str, port: int) -> bool:
+    """Whether a botcorebot already answers on the port (doctor run beside a running bot)."""
+    import httpx2
+
+    local = "127.0.0.1" if host in ("0.0.0.0", "") else "[::1]" if host == "::" else host
+    try:
+        async with httpx2.AsyncClient(timeout=3) as client:
+            answer = await client.get(f"http://{local}:{port}/healthz")
+        return answer.status_code == 200 and answer.json() == {"status": "ok"}
+    except (httpx2.HTTPError, ValueError):
+        return False
 
 
 def _port_problem(host: str, port: int) -> str | None:

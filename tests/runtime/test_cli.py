@@ -471,3 +471,15 @@ async def test_backup_copies_the_database_while_the_bot_runs(
     async with await Bot.open(restored, copy) as bot_copy:
         found = await bot_copy.memory.recall("where is the boat")
     assert [m.content for m in found] == ["the boat is moored at pier 7"]
+
+
+async def test_doctor_beside_the_running_bot_does_not_fail_on_its_port(workspace: Path) -> None:
+    async with bot_process(workspace) as bot:
+        port = bot.url.rsplit(":", 1)[1]
+        result = await trio.to_thread.run_sync(
+            lambda: run_cli("doctor", "-w", str(workspace), env=clean_env(HTTP_PORT=port))
+        )
+        bot.terminate()
+        assert await bot.wait() == 0
+    assert result.returncode == 0, result.stdout
+    assert f"warn  HTTP port {port}: a bot is running there" in result.stdout
