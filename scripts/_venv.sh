@@ -26,7 +26,7 @@ fi
 # Reinstall only when pyproject.toml (or the extras asked for) changed.
 stamp="$venv/.installed-$(cat "$root/pyproject.toml" | cksum | cut -d' ' -f1)${extras:+-$extras}"
 # pip's own output is a page per install: show one line that moves instead (on a terminal),
-# a count every 10 s otherwise, and pip's whole output only if it fails.
+# its latest step every 10 s otherwise, and pip's whole output only if it fails.
 _pip() {
   local log="$venv/.pip.log" line pid ticks=0
   "$venv/bin/python" -m pip "$@" --progress-bar off >"$log" 2>&1 &
@@ -36,7 +36,7 @@ _pip() {
     if [ -t 1 ]; then
       printf '\r\033[K    %s' "${line:0:76}"
     elif [ $((++ticks % 20)) = 0 ]; then
-      echo "    $(grep -c '^Collecting' "$log" || true) packages so far"
+      echo "    $((ticks / 2))s: ${line:0:70}"
     fi
     sleep 0.5
   done
@@ -52,7 +52,8 @@ if [ ! -f "$stamp" ]; then
   echo "==> installing botcorebot${extras:+[$extras]} into .venv (about a minute the first time)"
   _pip install --quiet --upgrade pip
   _pip install -e "$root${extras:+[$extras]}"
-  echo "    installed: $(grep -E '^Successfully installed' "$venv/.pip.log" | wc -w | awk '{print $1 - 2}') packages"
+  count=$(grep -E '^Successfully installed' "$venv/.pip.log" | wc -w | awk '{print ($1 > 2) ? $1 - 2 : 0}')
+  echo "    installed $count package$([ "$count" = 1 ] || echo s)"
   rm -f "$venv"/.installed-*
   touch "$stamp"
 fi
