@@ -18,8 +18,8 @@ COPY runtime /src/runtime
 RUN python3 -m venv /opt/botcorebot \
  && /opt/botcorebot/bin/pip install --no-cache-dir /src \
  && rm -rf /src \
- && groupadd --system --gid 10001 bot \
- && useradd --system --uid 10001 --gid bot --home-dir /bot --shell /usr/sbin/nologin bot \
+ && groupadd --gid 10001 bot \
+ && useradd --no-log-init --no-create-home --uid 10001 --gid bot --home-dir /bot --shell /usr/sbin/nologin bot \
  && mkdir -p /bot && chown bot:bot /bot
 
 # The workspace (IDENTITY.md, SOUL.md, USER.md, engram.db, files) is the volume: mount the
