@@ -213,7 +213,7 @@ _converter.register_structure_hook(bool, _exactly(bool))
 _converter.register_structure_hook(int, _exactly(int))
 _converter.register_structure_hook(float, _number)
 _strict = _converter.copy(forbid_extra_keys=True)
-"""For the memory API: an unknown field is an error, named in the answer."""
+"""For JSON bodies: an unknown (mistyped) field is an error, named in the answer."""
 
 
 def reply_status(reply: Reply) -> int:
@@ -242,6 +242,7 @@ def create_app(
 
     @app.errorhandler(ApiError)
     async def api_error(error: ApiError) -> Response:
+        _log_refused(error.status, error.kind, str(error))
         return _json(
             {"error": {"type": error.kind, "message": str(error)}}, error.status, error.headers
         )
@@ -253,6 +254,7 @@ def create_app(
             message = f"request body is larger than {settings.max_body_bytes} bytes"
         else:
             message = error.description or error.name
+        _log_refused(status, _slug(error.name), message)
         return _json({"error": {"type": _slug(error.name), "message": message}}, status)
 
     @app.before_request
@@ -272,7 +274,9 @@ def create_app(
                 401,
                 "unauthorized",
                 "this API needs 'Authorization: Bearer <token>' with the configured BOTCORE_API_TOKEN",
-                {"WWW-Authenticate": 'Bearer realm="botcorebot"'},
+                # Refused before the body is read: close, or the next request on this
+                # connection can hang behind the unread body.
+                {"WWW-Authenticate": 'Bearer realm="botcorebot"', "Connection": "close"},
             )
 
     @app.get("/healthz")
@@ -478,7 +482,7 @@ async def _read_json(model: type[T], converter: cattrs.Converter = _converter) -
 
 
 async def _read_message(settings: HttpSettings) -> MessageRequest:
-    payload = await _read_json(MessageRequest)
+    payload = await _read_json(MessageRequest, _strict)
     if not payload.message.strip():
         raise ApiError(400, "invalid_request", "'message' must not be empty")
     if len(payload.message) > settings.max_message_chars:
@@ -504,6 +508,20 @@ def _json(
         status=status,
         headers=dict(headers or {}),
         content_type="application/json",
+    )
+
+
+def _log_refused(status: int, kind: str, message: str) -> None:
+    """One line per refused request, for operators (the client got the same message)."""
+    log.log(
+        logging.WARNING if status >= 500 else logging.INFO,
+        "refused %s %s from %s: %d %s: %s",
+        request.method,
+        request.path,
+        request.remote_addr,
+        status,
+        kind,
+        message,
     )
 
 

@@ -89,6 +89,8 @@ class TelegramApi:
         self._settings = settings
         self._client = client
         self._base = f"{settings.api_base_url.rstrip('/')}/bot{settings.token}"
+        self.failing: str | None = None
+        """Why the last call failed, until one succeeds (for readiness)."""
 
     async def call(
         self,
@@ -136,10 +138,14 @@ class TelegramApi:
         while True:
             attempt += 1
             try:
-                return await self.call(method, params, http_timeout=http_timeout)
-            except TelegramUnauthorized:
-                raise
+                result = await self.call(method, params, http_timeout=http_timeout)
+                self.failing = None
+                return result
             except TelegramError as exc:
+                if exc.status in (0, 401, 404, 409) or exc.status >= 500:
+                    self.failing = f"{method} failed: {exc}"
+                if isinstance(exc, TelegramUnauthorized):
+                    raise
                 retryable = exc.status in (0, 409, 429) or exc.status >= 500
                 if not retryable or (attempts is not None and attempt >= attempts):
                     raise

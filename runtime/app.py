@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import math
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -24,7 +24,7 @@ from adapters.telegram import (
     TelegramWebhook,
 )
 from adapters.webhook import CallbackSender, ReplayGuard, WebhookSource
-from runtime.botcore import Bot, FileTools, Summarize, TaskGraph, consolidate
+from runtime.botcore import Bot, FileTools, Identity, Summarize, TaskGraph, consolidate
 from runtime.config import Config
 from runtime.deliveries import Deliveries
 from runtime.inbox import Inbox, InboxEntry
@@ -495,6 +495,61 @@ def open_model(config: Config) -> Provider:
     return providers[0] if len(providers) == 1 else FallbackProvider(providers)
 
 
+def _banner(
+    config: Config, bot: Bot, provider: Provider, binds: Sequence[str], identity: Identity
+) -> None:
+    """What runs where, in a few lines an operator can grep: the bot, its model and
+    database, the HTTP address and whether it needs a token, the channels that are on."""
+    log.info(
+        "bot %r (workspace %s), model %s, database %s",
+        identity.display_name,
+        bot.workspace,
+        provider.name,
+        config.db_path.resolve(),
+    )
+    if not (bot.workspace / "IDENTITY.md").exists():
+        log.warning(
+            "%s has no IDENTITY.md, so the bot has no name; 'botcorebot init %s' writes one",
+            bot.workspace,
+            bot.workspace,
+        )
+    if provider.name == "offline" and not (config.anthropic_api_key or config.openai_api_key):
+        log.warning(
+            "no API key configured: running on the embedded offline model "
+            "(set ANTHROPIC_API_KEY or OPENAI_API_KEY for a real one)"
+        )
+    auth = "token required" if config.botcore_api_token else "no token required"
+    log.info("HTTP API on %s (%s)", ", ".join(binds), auth)
+    channels = ["http"]
+    if config.telegram_bot_token:
+        mode = "webhook at /telegram/webhook" if config.telegram_webhook_secret else "polling"
+        channels.append(f"telegram ({mode})")
+    channels += [f"webhook {name!r} at /webhooks/{name}" for name in config.webhooks]
+    log.info("channels: %s", ", ".join(channels))
+    if not config.botcore_api_token and config.http_host not in ("127.0.0.1", "::1", "localhost"):
+        log.warning(
+            "listening on %s without BOTCORE_API_TOKEN: anyone who can reach the port can "
+            "talk to the bot and read its memory; set BOTCORE_API_TOKEN",
+            config.http_host,
+        )
+
+
+def _with_channels(
+    health: Callable[[], Awaitable[tuple[int, dict[str, Any]]]],
+    telegram: TelegramChannel | None,
+) -> Callable[[], Awaitable[tuple[int, dict[str, Any]]]]:
+    """Readiness includes the channels: Telegram is not ready while its calls keep failing."""
+
+    async def check() -> tuple[int, dict[str, Any]]:
+        status, body = await health()
+        problem = telegram.api.failing if telegram is not None else None
+        if problem is None:
+            return status, body
+        return 503, {**body, "status": "unavailable", "telegram": problem}
+
+    return check
+
+
 async def serve(
     config: Config,
     shutdown: trio.Event,
@@ -533,7 +588,7 @@ async def serve(
                     reply_timeout=config.turn_timeout_seconds + 30,
                     client_rate_per_minute=config.client_rate_per_minute,
                 ),
-                health=runtime.health,
+                health=_with_channels(runtime.health, telegram),
                 metrics=runtime.metrics.render,
                 webhooks=webhooks,
                 callbacks=callbacks,
@@ -567,18 +622,7 @@ async def serve(
             )
             if telegram is not None:
                 nursery.start_soon(_run_telegram, telegram, config, polling)
-            if provider.name == "offline":
-                log.warning(
-                    "no API key configured: running on the embedded offline model "
-                    "(set ANTHROPIC_API_KEY or OPENAI_API_KEY for a real one)"
-                )
-            log.info(
-                "bot %r from %s on model %s, listening on %s",
-                (await bot.identity.load()).display_name,
-                bot.workspace,
-                provider.name,
-                ", ".join(binds),
-            )
+            _banner(config, bot, provider, binds, await bot.identity.load())
             task_status.started(binds)
             await shutdown.wait()
             log.info(

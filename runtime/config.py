@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -24,6 +24,16 @@ class ConfigError(Exception):
 def _positive(instance: object, attribute: attrs.Attribute[Any], value: float) -> None:
     if value <= 0:
         raise ValueError(f"{attribute.name.upper()} must be positive, got {value}")
+
+
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+
+
+def _log_level(instance: object, attribute: attrs.Attribute[Any], value: str) -> None:
+    if value.lower() not in LOG_LEVELS:
+        raise ValueError(
+            f"{attribute.name.upper()} must be one of {', '.join(LOG_LEVELS)}, got {value!r}"
+        )
 
 
 def _secret_token(value: str | None) -> None:
@@ -77,7 +87,7 @@ class Config:
         validator=attrs.validators.and_(attrs.validators.ge(0), attrs.validators.le(65535)),
     )
     botcore_api_token: str | None = attrs.field(default=None, repr=False)
-    log_level: str = "info"
+    log_level: str = attrs.field(default="info", validator=_log_level)
     log_format: str = attrs.field(
         default="plain", validator=attrs.validators.in_(("plain", "json"))
     )
@@ -129,23 +139,30 @@ class Config:
         names = {field.name for field in attrs.fields(cls)}
         values: dict[str, object] = {}
         file = root / CONFIG_FILE
+        source = _Source(file)
         if file.is_file():
             try:
-                values.update(tomllib.loads(file.read_text(encoding="utf-8")))
+                source.text = file.read_text(encoding="utf-8")
+                values.update(tomllib.loads(source.text))
             except (OSError, tomllib.TOMLDecodeError) as exc:
                 raise ConfigError(f"{file}: {exc}") from exc
+            source.names = set(values)
             unknown = sorted(set(values) - names)
             if unknown:
-                raise ConfigError(f"{file}: unknown setting(s) {', '.join(unknown)}")
+                raise ConfigError(
+                    "; ".join(f"{source.where(name)}: unknown setting" for name in unknown)
+                )
         for name in names - {"webhooks"}:
             raw = environ.get(name.upper())
             if raw is not None and raw.strip() != "":
                 values[name] = raw.strip()
+                source.names.discard(name)
         values["workspace"] = str(root)
         try:
             config = _converter.structure(values, cls)
         except cattrs.ClassValidationError as exc:
-            raise ConfigError("invalid configuration: " + "; ".join(_explain(exc))) from None
+            problems = _explain(exc, source.where)
+            raise ConfigError("invalid configuration: " + "; ".join(problems)) from None
         except ValueError as exc:
             raise ConfigError(f"invalid configuration: {exc}") from None
         return attrs.evolve(config, webhooks=_webhook_secrets(config.webhooks, environ))
@@ -169,17 +186,56 @@ def _webhook_secrets(
     return resolved
 
 
-def _explain(exc: cattrs.ClassValidationError) -> list[str]:
-    """One phrase per bad setting, named as its environment variable."""
+@attrs.define
+class _Source:
+    """Where each setting came from: `botcore.toml` (with its line) or the environment."""
+
+    file: Path
+    text: str = ""
+    names: set[str] = attrs.field(factory=set)
+
+    def where(self, path: str) -> str:
+        """`HTTP_PORT` for the environment, `…/botcore.toml line 3: http_port` for the file."""
+        top = path.partition("[")[0].partition(".")[0]
+        if top not in self.names:
+            return path.upper()
+        line = self._line(path)
+        return f"{self.file}{f' line {line}' if line else ''}: {path}"
+
+    def _line(self, path: str) -> int | None:
+        """tomllib gives no positions for values: find the key's line in the text."""
+        table = re.match(r"(\w+)\['([^']*)'\]\.(\w+)", path)  # webhooks['x'].scheme
+        lines = self.text.splitlines()
+        start, key = 0, path
+        if table:
+            header = re.compile(rf"^\s*\[\s*{table[1]}\.\"?{re.escape(table[2])}\"?\s*\]")
+            start = next((n for n, text in enumerate(lines) if header.match(text)), 0)
+            key = table[3]
+        pattern = re.compile(rf"^\s*\"?{re.escape(key)}\"?\s*=")
+        for number in range(start, len(lines)):
+            if pattern.match(lines[number]):
+                return number + 1
+            if table and number > start and lines[number].lstrip().startswith("["):
+                break
+        return start + 1 if table else None
+
+
+def _explain(exc: cattrs.ClassValidationError, where: Callable[[str], str]) -> list[str]:
+    """One phrase per bad setting, named where it was set (see `_Source.where`)."""
     lines = []
     for sub in exc.exceptions:
         if getattr(sub, "__notes__", None):  # a structuring error: cattrs knows the path
             for message in cattrs.transform_error(cattrs.ClassValidationError("", [sub], Config)):
-                head, _, where = message.rpartition(" @ $.")
-                lines.append(f"{where.upper()}: {head}" if where else message)
+                head, _, path = message.rpartition(" @ $.")
+                lines.append(f"{where(path)}: {head}" if path else message)
         else:  # a validator's ValueError: "'http_port' must be <= 65535: 70000"
             text = str(sub.args[0]) if sub.args else str(sub)  # attrs adds more args after it
-            lines.append(re.sub(r"'(\w+)'", lambda m: m[1].upper(), text, count=1))
+            name = re.search(r"'(\w+)'|\b([A-Z][A-Z0-9_]*_[A-Z0-9_]*[A-Z0-9])\b", text)
+            if name is None:
+                lines.append(text)
+            else:
+                found = (name[1] or name[2]).lower()
+                lines.append(text[: name.start()] + where(found) + text[name.end() :])
     return lines
 
 

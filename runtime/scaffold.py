@@ -28,8 +28,10 @@ Be kind and concise. Say so when you do not know. Remember what the user asks yo
 """,
     "botcore.toml": """\
 # Settings for this bot; environment variables of the same name (upper case) win.
+# Keys and tokens belong in the environment, not here; `botcorebot doctor` checks them.
 # default_model = "claude-3-5-sonnet-20241022"   # or "gpt-4o-mini", "offline"
 # http_port = 3000
+# log_level = "info"                               # debug, info, warning, error, critical
 # prompt_token_budget = 2000                       # tokens per prompt, the message excluded
 # telegram_allowed_users = "@you"                  # with TELEGRAM_BOT_TOKEN in the environment
 """,

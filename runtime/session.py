@@ -384,12 +384,13 @@ class SessionActor:
         self._services.metrics.turns.inc(outcome=outcome)
         self._services.metrics.turn_latency.observe(seconds)
         log.info(
-            "session=%s turn=%s %s in %.1fms (%d tool calls)",
+            "session=%s turn=%s %s in %.1fms (%d tool call%s)",
             self.session_key,
             turn.turn_id,
             outcome,
             seconds * 1000,
             turn.tools_used,
+            "" if turn.tools_used == 1 else "s",
             extra={
                 "session": self.session_key,
                 "turn": turn.turn_id,

@@ -39,6 +39,7 @@ class CallStatistics:
     waited: float = 0.0
     last_request: float | None = None
     last_response: float | None = None
+    last_answer: str | None = None
 
     def summary(self) -> Retries:
         return Retries(self.retries, round(self.waited, 3))
@@ -73,27 +74,27 @@ def event_hooks(provider: str) -> dict[str, list[Any]]:
             statistics.retries = attempt
             statistics.waited += now - since
             log.warning(
-                "%s: retry %d of %s %s after waiting %.2fs",
+                "%s: retry %d of %s %s after %s, waited %.2fs",
                 provider,
                 attempt,
                 request.method,
                 request.url.path,
+                statistics.last_answer or "no answer (connection failed)",
                 now - since,
             )
         statistics.last_request, statistics.last_response = now, None
+        statistics.last_answer = None
 
     async def on_response(response: httpx2.Response) -> None:
+        wait = response.headers.get("retry-after")
+        answer = f"{response.status_code}{f' (retry-after {wait}s)' if wait else ''}"
         statistics = _current.get()
         if statistics is not None:
+            # Logged once: with the retry it causes, or by whoever handles the final error.
             statistics.last_response = time.monotonic()
-        if response.status_code >= 400:
-            wait = response.headers.get("retry-after")
-            log.warning(
-                "%s answered %d%s",
-                provider,
-                response.status_code,
-                f" (retry-after {wait}s)" if wait else "",
-            )
+            statistics.last_answer = answer
+        elif response.status_code >= 400:
+            log.warning("%s answered %s", provider, answer)
 
     return {"request": [on_request], "response": [on_response]}
 

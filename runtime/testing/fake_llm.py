@@ -100,8 +100,12 @@ class RecordedRequest:
 
 
 class FakeLLM:
-    def __init__(self, *, delay: float = 0.0, record: bool = True) -> None:
+    def __init__(
+        self, *, delay: float = 0.0, record: bool = True, api_key: str | None = None
+    ) -> None:
         self.delay = delay
+        self.api_key = api_key
+        """When set, a request without this key (x-api-key or Bearer) is refused with 401."""
         self.requests: list[RecordedRequest] = []
         self._record = record
         self._script: deque[Step] = deque()
@@ -120,6 +124,18 @@ class FakeLLM:
             return
         body = await read_body(receive)
         path = scope["path"]
+        if self.api_key is not None:
+            headers = {k.decode().lower(): v.decode() for k, v in scope["headers"]}
+            given = headers.get("x-api-key") or headers.get("authorization", "").removeprefix(
+                "Bearer "
+            )
+            if given != self.api_key:
+                refusal = {"type": "authentication_error", "message": "invalid api key"}
+                await send_json(send, 401, {"type": "error", "error": refusal})
+                return
+        if scope["method"] == "GET" and path.endswith("/models"):  # the cheapest checked call
+            await send_json(send, 200, {"object": "list", "data": [{"id": "fake-model"}]})
+            return
         protocol = (
             "anthropic"
             if path.endswith("/messages")
