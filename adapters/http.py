@@ -26,6 +26,7 @@ from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve
 from quart import Response, request
 from quart_trio import QuartTrio
+from quart_trio.asgi import TrioASGIHTTPConnection
 from werkzeug.exceptions import HTTPException
 
 from adapters.base import (
@@ -210,6 +211,50 @@ _strict = _converter.copy(forbid_extra_keys=True)
 """For the memory API: an unknown field is an error, named in the answer."""
 
 
+class _HttpConnection(TrioASGIHTTPConnection):
+    """quart-trio's handling of one HTTP request, without cancelling hypercorn's own work.
+
+    quart-trio 0.12 runs the route and a receive loop in one nursery and cancels both when
+    the loop sees `http.disconnect`. Hypercorn sends that disconnect from *inside* the
+    route's last `send`: finishing the response closes the stream, which then recycles the
+    connection (starts the keep-alive timer, or closes the socket for `Connection: close`
+    and HTTP/1.0). That work was cancelled half-way, so no connection was ever closed by the
+    server and ~1,000 idle clients ran it out of file descriptors. Here a disconnect cancels
+    the route only while its response is unfinished (the client left mid-request).
+    """
+
+    async def __call__(self, receive: Any, send: Any) -> None:
+        request = self._create_request_from_scope(send)
+        finishing = False
+
+        async def send_tracked(message: Any) -> None:
+            nonlocal finishing
+            if message["type"] == "http.response.body" and not message.get("more_body"):
+                finishing = True
+            await send(message)
+
+        route = trio.CancelScope()
+
+        async def watch_disconnect() -> None:
+            await super(TrioASGIHTTPConnection, self).handle_messages(request, receive)
+            if not finishing:
+                route.cancel()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(watch_disconnect)
+            with route:
+                await self._respond(request, send_tracked)
+            nursery.cancel_scope.cancel()
+
+    async def _respond(self, request: Any, send: Any) -> None:
+        response = await self.app.handle_request(request)
+        timeout = getattr(response, "timeout", Ellipsis)
+        if timeout is Ellipsis:
+            timeout = self.app.config["RESPONSE_TIMEOUT"]
+        with trio.move_on_after(math.inf if timeout is None else timeout):
+            await self._send_response(send, response)
+
+
 def reply_status(reply: Reply) -> int:
     return 200 if reply.error is None else _ERROR_STATUS.get(reply.error.kind, 500)
 
@@ -226,6 +271,7 @@ def create_app(
     memory: MemoryEndpoints | None = None,
 ) -> QuartTrio:
     app = QuartTrio("botcorebot")
+    app.asgi_http_class = _HttpConnection
     clients = (
         RateLimiter(settings.client_rate_per_minute)
         if settings.client_rate_per_minute and settings.api_token is None
@@ -508,17 +554,21 @@ async def serve_http(
     shutdown_trigger: Callable[[], Awaitable[None]],
     *,
     graceful_timeout: float = 0.5,
+    keep_alive_timeout: float = 5.0,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve `app` until `shutdown_trigger` returns; reports the bound addresses when ready.
 
     `graceful_timeout` is short on purpose: the runtime drains its turns before it stops the
     server, so what is left is writing finished responses. Hypercorn otherwise holds idle
-    keep-alive connections open for the whole graceful period.
+    keep-alive connections open for the whole graceful period. `keep_alive_timeout` closes
+    a connection that sent no new request for that long (and one that never finishes its
+    request headers: slow clients are bounded by it too).
     """
     config = HypercornConfig()
     config.bind = [f"{host}:{port}"]
     config.graceful_timeout = graceful_timeout
+    config.keep_alive_timeout = keep_alive_timeout
     # Hypercorn's default listen backlog (100) resets connections when a burst of clients
     # connects at once (seen at 1,000 concurrent sessions); the kernel caps it at somaxconn.
     config.backlog = 4096

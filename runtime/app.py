@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
+from functools import partial
 from typing import Any
 
 import attrs
@@ -447,7 +448,11 @@ async def serve(
 
             await nursery.start(run_runtime)
             binds = await nursery.start(
-                serve_http, app, config.http_host, config.http_port, http_stopped.wait
+                partial(serve_http, keep_alive_timeout=config.http_keep_alive_seconds),
+                app,
+                config.http_host,
+                config.http_port,
+                http_stopped.wait,
             )
             if telegram is not None:
                 nursery.start_soon(_run_telegram, telegram, config, polling)
