@@ -17,7 +17,9 @@ import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
+from ipaddress import ip_address
 from typing import Any, Protocol, TypeVar
+from urllib.parse import urlsplit
 
 import attrs
 import cattrs
@@ -29,6 +31,7 @@ from quart_trio import QuartTrio
 from quart_trio.asgi import TrioASGIHTTPConnection
 from werkzeug.exceptions import HTTPException
 
+from adapters._json import InvalidJson, decode_json
 from adapters.base import (
     Busy,
     Deliver,
@@ -40,7 +43,7 @@ from adapters.base import (
     Unavailable,
     reply_body,
 )
-from adapters.ratelimit import RateLimiter
+from adapters.ratelimit import Networks, RateLimiter, client_address
 from adapters.telegram import TelegramWebhook
 from adapters.webhook import (
     CallbackResponder,
@@ -54,7 +57,7 @@ from adapters.webhook import (
 log = logging.getLogger("adapters.http")
 
 T = TypeVar("T")
-_SESSION_ID = re.compile(r"^[\w.:@-]{1,128}$")
+_SESSION_ID = re.compile(r"[\w.:@-]{1,128}")
 _ERROR_STATUS = {
     "provider": 502,
     "timeout": 504,
@@ -73,6 +76,34 @@ class HttpSettings:
     reply_timeout: float = 150.0
     client_rate_per_minute: float = 0.0
     """Per-client (remote address) limit when no API token is configured; 0 is off."""
+    allowed_hosts: tuple[str, ...] | None = None
+    """The `Host` names (port aside) the API answers, against DNS rebinding; None: any.
+    See `allowed_hosts`."""
+    trusted_proxies: Networks = ()
+    """Reverse proxies whose `X-Forwarded-For` / `Forwarded` names the client."""
+
+
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
+
+
+def allowed_hosts(setting: str, bind_host: str) -> tuple[str, ...] | None:
+    """The `Host` allow-list from `ALLOWED_HOSTS` (comma-separated; `*` is any): by default
+    the loopback names when the server listens on loopback only, any name otherwise."""
+    names = tuple(name.strip().lower().rstrip(".") for name in setting.split(",") if name.strip())
+    if "*" in names:
+        return None
+    if names:
+        return names
+    return LOOPBACK_HOSTS if _is_loopback(bind_host) else None
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 @attrs.frozen
@@ -295,12 +326,22 @@ def create_app(
         return _json({"error": {"type": _slug(error.name), "message": message}}, status)
 
     @app.before_request
+    async def check_host() -> None:
+        """A DNS-rebinding page reaches us under its own name: answer only ours."""
+        if settings.allowed_hosts is None or _public(request.path):
+            return
+        host = request.headers.get("Host", "")
+        if host and _host_name(host) not in settings.allowed_hosts:
+            raise ApiError(
+                400,
+                "invalid_host",
+                f"this server does not answer for host {_host_name(host)!r};"
+                " add it to ALLOWED_HOSTS if it should",
+            )
+
+    @app.before_request
     async def authenticate() -> None:
-        # Webhooks are authenticated by their signature instead.
-        public = request.path in ("/healthz", "/readyz", "/telegram/webhook") or (
-            request.path.startswith("/webhooks/")
-        )
-        if settings.api_token is None or public:
+        if settings.api_token is None or _public(request.path):
             return
         header = request.headers.get("Authorization", "")
         scheme, _, token = header.partition(" ")
@@ -312,6 +353,25 @@ def create_app(
                 "unauthorized",
                 "this API needs 'Authorization: Bearer <token>' with the configured BOTCORE_API_TOKEN",
                 {"WWW-Authenticate": 'Bearer realm="botcorebot"'},
+            )
+
+    @app.before_request
+    async def refuse_cross_site() -> None:
+        """A browser may send a form or a simple POST anywhere without asking; JSON from
+        another site needs a CORS preflight, which this API never grants."""
+        if request.method in ("GET", "HEAD", "OPTIONS") or _public(request.path):
+            return
+        origin = request.headers.get("Origin")
+        if origin is not None and _host_name(urlsplit(origin).netloc) != _host_name(
+            request.headers.get("Host", "")
+        ):
+            raise ApiError(403, "cross_origin", f"requests from {origin!r} are not allowed")
+        if request.mimetype != "application/json":
+            raise ApiError(
+                415,
+                "unsupported_media_type",
+                "send JSON with 'Content-Type: application/json'"
+                f" (got {request.mimetype or 'none'})",
             )
 
     @app.get("/healthz")
@@ -333,8 +393,14 @@ def create_app(
 
     @app.post("/api/message")
     async def message() -> Response:
+        client = client_address(
+            request.remote_addr,
+            settings.trusted_proxies,
+            x_forwarded_for=", ".join(request.headers.getlist("X-Forwarded-For")) or None,
+            forwarded=", ".join(request.headers.getlist("Forwarded")) or None,
+        )
         if clients is not None:
-            wait = clients.acquire(request.remote_addr)
+            wait = clients.acquire(client)
             if wait:
                 raise ApiError(
                     429,
@@ -343,6 +409,9 @@ def create_app(
                     {"Retry-After": str(max(1, math.ceil(wait)))},
                 )
         payload = await _read_message(settings)
+        key = request.headers.get("Idempotency-Key") or payload.message_id
+        if key is not None and len(key) > 255:
+            raise ApiError(400, "invalid_request", "an Idempotency-Key is at most 255 characters")
         session_id = payload.session_id or uuid.uuid4().hex
         streaming = payload.stream or "text/event-stream" in request.headers.get("Accept", "")
         responder = StreamingResponder() if streaming else HttpResponder()
@@ -351,8 +420,8 @@ def create_app(
             session_id=session_id,
             text=payload.message,
             responder=responder,
-            message_id=request.headers.get("Idempotency-Key") or payload.message_id,
-            sender=request.remote_addr,
+            message_id=key,
+            sender=client,
         )
         with _refusals():
             await deliver(inbound)
@@ -454,7 +523,7 @@ def create_app(
         if not hmac.compare_digest(given.encode(), telegram.secret.encode()):
             log.warning("Telegram webhook refused: wrong or missing secret token")
             raise ApiError(401, "unauthorized", "the secret token is missing or wrong")
-        update = await request.get_json(force=True, silent=True)
+        update = await _read_body_json()
         if not isinstance(update, dict):
             raise ApiError(
                 400, "invalid_request", "the body is not a Telegram update (JSON object)"
@@ -488,18 +557,9 @@ def _refusals() -> Iterator[None]:
 
 
 async def _read_json(model: type[T], converter: cattrs.Converter = _converter) -> T:
-    """The JSON body as `model`, or a 4xx naming what is wrong."""
-    if request.mimetype != "application/json":
-        raise ApiError(
-            415,
-            "unsupported_media_type",
-            f"send JSON with 'Content-Type: application/json' (got {request.mimetype or 'none'})",
-        )
-    raw = await request.get_data(as_text=False)
-    try:
-        data = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ApiError(400, "invalid_json", f"the body is not valid JSON: {exc}") from None
+    """The JSON body as `model`, or a 4xx naming what is wrong (the content type is checked
+    for every POST by `refuse_cross_site`)."""
+    data = await _read_body_json()
     if not isinstance(data, dict):
         raise ApiError(400, "invalid_request", "the body must be a JSON object")
     try:
@@ -513,6 +573,15 @@ async def _read_json(model: type[T], converter: cattrs.Converter = _converter) -
         raise ApiError(400, "invalid_request", problems) from None
 
 
+async def _read_body_json() -> object:
+    raw = await request.get_data(as_text=False)
+    assert isinstance(raw, bytes)
+    try:
+        return decode_json(raw)
+    except InvalidJson as exc:
+        raise ApiError(400, "invalid_json", str(exc)) from None
+
+
 async def _read_message(settings: HttpSettings) -> MessageRequest:
     payload = await _read_json(MessageRequest)
     if not payload.message.strip():
@@ -523,13 +592,28 @@ async def _read_message(settings: HttpSettings) -> MessageRequest:
             "message_too_long",
             f"'message' is {len(payload.message)} characters; the limit is {settings.max_message_chars}",
         )
-    if payload.session_id is not None and not _SESSION_ID.match(payload.session_id):
+    if payload.session_id is not None and not _SESSION_ID.fullmatch(payload.session_id):
         raise ApiError(
             400,
             "invalid_request",
             "'session_id' must be 1-128 letters, digits or '.:@_-'",
         )
     return payload
+
+
+def _public(path: str) -> bool:
+    """Probes, and the webhooks (authenticated by their signatures instead of the token)."""
+    return path in ("/healthz", "/readyz", "/telegram/webhook") or path.startswith("/webhooks/")
+
+
+def _host_name(host: str) -> str:
+    """`Host` (or an origin's netloc) without its port: `[::1]:3000` → `::1`."""
+    host = host.strip().lower()
+    if host.startswith("["):
+        return host[1:].partition("]")[0]
+    if host.count(":") == 1:
+        host = host.partition(":")[0]
+    return host.rstrip(".")
 
 
 def _json(

@@ -14,8 +14,8 @@ import trio
 
 from actors import ActorCrashed, ActorStopped, MailboxFull, Registry, RestartPolicy
 from adapters import Accepted, Busy, Inbound, Progress, Reply, ReplyError, Responder, Unavailable
-from adapters.http import HttpSettings, create_app, serve_http
-from adapters.ratelimit import RateLimiter
+from adapters.http import HttpSettings, allowed_hosts, create_app, serve_http
+from adapters.ratelimit import RateLimiter, trusted_proxies
 from adapters.telegram import (
     TelegramApi,
     TelegramChannel,
@@ -418,6 +418,8 @@ async def serve(
                     max_message_chars=config.max_message_chars,
                     reply_timeout=config.turn_timeout_seconds + 30,
                     client_rate_per_minute=config.client_rate_per_minute,
+                    allowed_hosts=allowed_hosts(config.allowed_hosts, config.http_host),
+                    trusted_proxies=trusted_proxies(config.trusted_proxies),
                 ),
                 health=runtime.health,
                 metrics=runtime.metrics.render,

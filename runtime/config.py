@@ -12,6 +12,8 @@ from typing import Any, Literal
 import attrs
 import cattrs
 
+from adapters.ratelimit import trusted_proxies
+
 CONFIG_FILE = "botcore.toml"
 
 
@@ -79,7 +81,9 @@ class Config:
     allowed_hosts: str = ""
     """Comma-separated `Host` names the HTTP API answers; empty: loopback names when bound
     to loopback, anything otherwise. `*` allows any (behind a proxy that checks it)."""
-    trusted_proxies: str = ""
+    trusted_proxies: str = attrs.field(
+        default="", validator=lambda _, __, value: trusted_proxies(value)
+    )
     """Comma-separated addresses/CIDRs of reverse proxies whose X-Forwarded-For/Forwarded
     names the client (for the per-client rate limit); empty: none is trusted."""
     botcore_api_token: str | None = attrs.field(default=None, repr=False)
