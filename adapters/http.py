@@ -36,6 +36,7 @@ from adapters.base import (
     Busy,
     Deliver,
     Inbound,
+    KeyReused,
     Progress,
     Reply,
     TextDelta,
@@ -458,6 +459,8 @@ def create_app(
             ) from None
         try:
             text, session = parse(source, body)
+        except InvalidJson as exc:
+            raise ApiError(400, "invalid_json", str(exc)) from None
         except ValueError as exc:
             raise ApiError(400, "invalid_request", str(exc)) from None
         if source.callback is not None and callbacks is not None:
@@ -554,6 +557,8 @@ def _refusals() -> Iterator[None]:
         raise ApiError(429, "busy", str(exc), {"Retry-After": retry}) from exc
     except Unavailable as exc:
         raise ApiError(503, "unavailable", str(exc), {"Retry-After": "5"}) from exc
+    except KeyReused as exc:
+        raise ApiError(422, "idempotency_key_reused", str(exc)) from exc
 
 
 async def _read_json(model: type[T], converter: cattrs.Converter = _converter) -> T:

@@ -37,6 +37,9 @@ from runtime.tools import ToolExecutor, ToolRegistry, builtin_tools
 
 log = logging.getLogger("runtime")
 
+ACCEPT_DEADLINE = 30.0
+"""How long `deliver` may wait for the inbox write, shielded from its caller's cancellation."""
+
 RecoveryResponders = Mapping[str, Callable[[InboxEntry], Responder]]
 
 
@@ -191,23 +194,29 @@ class Runtime:
             if wait:
                 self.metrics.refused.inc(reason="session_rate")
                 raise Busy(f"session {inbound.session_id!r} is sending too fast; slow down", wait)
-        entry, new = await self.inbox.accept(inbound)
-        if not new:
-            return self._repeat(entry, inbound.responder)
-        try:
-            self._enqueue(entry.id, inbound)
-        except MailboxFull as exc:
-            self.metrics.refused.inc(reason="mailbox_full")
-            await self.inbox.withdraw(entry.id)
-            raise Busy(
-                f"session {inbound.session_id!r} has {exc.capacity} messages waiting; retry shortly",
-                retry_after=1.0,
-            ) from exc
-        except ActorStopped as exc:
-            raise Unavailable(
-                "the bot is shutting down; the message was kept and will be answered after the restart"
-            ) from exc
-        return Accepted(entry.id)
+        # Shielded: a caller cancelled (its client left) once the write is queued would leave
+        # the row `received` with no actor, and every retry of its key Busy until a restart.
+        with trio.CancelScope(shield=True, deadline=trio.current_time() + ACCEPT_DEADLINE):
+            entry, new = await self.inbox.accept(inbound)
+            if not new:
+                return self._repeat(entry, inbound.responder)
+            try:
+                self._enqueue(entry.id, inbound)
+            except MailboxFull as exc:
+                self.metrics.refused.inc(reason="mailbox_full")
+                await self.inbox.withdraw(entry.id)
+                raise Busy(
+                    f"session {inbound.session_id!r} has {exc.capacity} messages waiting; retry shortly",
+                    retry_after=1.0,
+                ) from exc
+            except ActorStopped as exc:
+                raise Unavailable(
+                    "the bot is shutting down; the message was kept and will be answered after the restart"
+                ) from exc
+            return Accepted(entry.id)
+        raise Unavailable(
+            f"the database did not take the message within {ACCEPT_DEADLINE:g}s; retry shortly"
+        )
 
     def _enqueue(self, entry_id: int, inbound: Inbound) -> None:
         fanout = _Fanout(inbound.responder, lambda: self._forget_waiting(entry_id))
