@@ -75,6 +75,8 @@ class HttpSettings:
     max_body_bytes: int = 1 << 20
     max_message_chars: int = 32_000
     reply_timeout: float = 150.0
+    body_timeout: float = 30.0
+    """A request body must have arrived within this (a slow sender gets 408 and is closed)."""
     client_rate_per_minute: float = 0.0
     """Per-client (remote address) limit when no API token is configured; 0 is off."""
     allowed_hosts: tuple[str, ...] | None = None
@@ -310,6 +312,7 @@ def create_app(
         else None
     )
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    app.config["BODY_TIMEOUT"] = settings.body_timeout
 
     @app.errorhandler(ApiError)
     async def api_error(error: ApiError) -> Response:

@@ -13,6 +13,8 @@ from pathlib import Path
 import httpx2
 import trio
 
+from adapters import Accepted, Inbound
+from adapters.http import HttpSettings, create_app, serve_http
 from runtime.testing import bot_process, local_config, serve_bot
 
 FD_LIMIT = 512
@@ -77,6 +79,28 @@ async def test_a_client_that_never_finishes_its_headers_is_disconnected(
             with trio.fail_after(10):
                 while await stream.receive_some(1 << 16):
                     pass
+
+
+async def test_a_body_sent_too_slowly_is_408_and_the_connection_closed() -> None:
+    async def deliver(inbound: Inbound) -> Accepted:
+        raise AssertionError("a message that never arrived was delivered")
+
+    app = create_app(deliver, HttpSettings(body_timeout=0.5))
+    stop = trio.Event()
+    async with trio.open_nursery() as nursery:
+        binds = await nursery.start(serve_http, app, "127.0.0.1", 0, stop.wait)
+        stream = await trio.open_tcp_stream(*_address(binds[0]))
+        async with stream:
+            await stream.send_all(
+                b"POST /api/message HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"message\""
+            )
+            received = bytearray()
+            with trio.fail_after(10):
+                while chunk := await stream.receive_some(1 << 16):
+                    received += chunk
+        stop.set()
+    assert received.startswith(b"HTTP/1.1 408")
 
 
 async def test_huge_headers_are_refused_with_431_and_the_connection_closed(
