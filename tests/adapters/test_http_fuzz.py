@@ -7,6 +7,7 @@ one long-lived server with a plain blocking client instead of starting one per e
 
 from __future__ import annotations
 
+import contextlib
 import json
 import queue
 import threading
@@ -166,9 +167,13 @@ def _bot_in_a_thread(workspace: Path) -> Iterator[str]:
     thread.start()
     try:
         url, token, stop = started.get(timeout=60)
+    except queue.Empty:
+        thread.join(60)
+        raise failure[0] if failure else TimeoutError("the bot did not start in 60 s") from None
+    try:
         yield url
     finally:
-        if not failure:
+        with contextlib.suppress(trio.RunFinishedError):  # it already stopped: failure says why
             trio.from_thread.run_sync(stop.set, trio_token=token)
         thread.join(60)
         if failure:
