@@ -29,7 +29,7 @@ from hypercorn.trio import serve
 from quart import Response, request
 from quart_trio import QuartTrio
 from quart_trio.asgi import TrioASGIHTTPConnection
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import BadHost, HTTPException
 
 from adapters._json import InvalidJson, decode_json
 from adapters.base import (
@@ -245,6 +245,15 @@ _strict = _converter.copy(forbid_extra_keys=True)
 """For the memory API: an unknown field is an error, named in the answer."""
 
 
+_CLOSE = (b"connection", b"close")
+_BODY_GRACE = 1.0
+"""Seconds a response waits for the (empty) end of a request without a body."""
+
+
+def _has_body(request: Any) -> bool:
+    return bool(request.content_length) or "Transfer-Encoding" in request.headers
+
+
 class _HttpConnection(TrioASGIHTTPConnection):
     """quart-trio's handling of one HTTP request, without cancelling hypercorn's own work.
 
@@ -255,22 +264,40 @@ class _HttpConnection(TrioASGIHTTPConnection):
     and HTTP/1.0). That work was cancelled half-way, so no connection was ever closed by the
     server and ~1,000 idle clients ran it out of file descriptors. Here a disconnect cancels
     the route only while its response is unfinished (the client left mid-request).
+
+    A response decided before the request's body has arrived (a 401, 403, 413 or 415 from
+    the headers alone) says `Connection: close`: hypercorn closes a connection whose request
+    was not read to its end, and a client told nothing would send its next request into the
+    closing socket. A request without a body has its end delivered at once: that is awaited.
     """
 
     async def __call__(self, receive: Any, send: Any) -> None:
         request = self._create_request_from_scope(send)
         finishing = False
+        body_received = trio.Event()
+
+        async def receive_tracked() -> Any:
+            message = await receive()
+            if message["type"] == "http.disconnect" or not message.get("more_body"):
+                body_received.set()
+            return message
 
         async def send_tracked(message: Any) -> None:
             nonlocal finishing
-            if message["type"] == "http.response.body" and not message.get("more_body"):
+            if message["type"] == "http.response.start" and not body_received.is_set():
+                if not _has_body(request):
+                    with trio.move_on_after(_BODY_GRACE):
+                        await body_received.wait()
+                if not body_received.is_set():
+                    message = {**message, "headers": [*message["headers"], _CLOSE]}
+            elif message["type"] == "http.response.body" and not message.get("more_body"):
                 finishing = True
             await send(message)
 
         route = trio.CancelScope()
 
         async def watch_disconnect() -> None:
-            await super(TrioASGIHTTPConnection, self).handle_messages(request, receive)
+            await super(TrioASGIHTTPConnection, self).handle_messages(request, receive_tracked)
             if not finishing:
                 route.cancel()
 
@@ -281,7 +308,13 @@ class _HttpConnection(TrioASGIHTTPConnection):
             nursery.cancel_scope.cancel()
 
     async def _respond(self, request: Any, send: Any) -> None:
-        response = await self.app.handle_request(request)
+        try:
+            response = await self.app.handle_request(request)
+        except BadHost:
+            # Raised while Quart builds the request context, before any error handler of
+            # the app can answer (a Host label over 63 characters, an empty one): a 500.
+            error = {"type": "invalid_host", "message": "the Host header is not a valid host name"}
+            response = _json({"error": error}, 400)
         timeout = getattr(response, "timeout", Ellipsis)
         if timeout is Ellipsis:
             timeout = self.app.config["RESPONSE_TIMEOUT"]
@@ -366,7 +399,7 @@ def create_app(
         if request.method in ("GET", "HEAD", "OPTIONS") or _public(request.path):
             return
         origin = request.headers.get("Origin")
-        if origin is not None and _host_name(urlsplit(origin).netloc) != _host_name(
+        if origin is not None and _origin_host(origin) != _host_name(
             request.headers.get("Host", "")
         ):
             raise ApiError(403, "cross_origin", f"requests from {origin!r} are not allowed")
@@ -614,8 +647,16 @@ def _public(path: str) -> bool:
     return path in ("/healthz", "/readyz", "/telegram/webhook") or path.startswith("/webhooks/")
 
 
+def _origin_host(origin: str) -> str | None:
+    """The host of an `Origin` header; None for `null` or anything unreadable."""
+    try:
+        return urlsplit(origin).hostname
+    except ValueError:
+        return None
+
+
 def _host_name(host: str) -> str:
-    """`Host` (or an origin's netloc) without its port: `[::1]:3000` → `::1`."""
+    """`Host` without its port: `[::1]:3000` → `::1`, `Bot.example:443` → `bot.example`."""
     host = host.strip().lower()
     if host.startswith("["):
         return host[1:].partition("]")[0]

@@ -41,6 +41,7 @@ def edge_config(
         telegram_bot_token=telegram.token,
         telegram_api_base_url=telegram_url,
         telegram_webhook_secret=TELEGRAM_SECRET,
+        trusted_proxies="127.0.0.1",  # so forwarded headers are parsed
         **settings,
     )
 

@@ -68,6 +68,58 @@ async def test_idle_clients_are_closed_so_new_clients_are_still_answered(
     assert after.status_code == 200
 
 
+async def _response(stream: trio.SocketStream, buffered: bytearray) -> bytes:
+    """One whole response (headers and a Content-Length body) from a kept-alive stream."""
+    while b"\r\n\r\n" not in buffered:
+        buffered += await stream.receive_some(1 << 16)
+    head, _, rest = bytes(buffered).partition(b"\r\n\r\n")
+    length = int(head.lower().partition(b"content-length: ")[2].partition(b"\r\n")[0])
+    while len(rest) < length:
+        rest += await stream.receive_some(1 << 16)
+    buffered[:] = rest[length:]
+    return head + b"\r\n\r\n" + rest[:length]
+
+
+async def test_a_kept_alive_connection_carries_request_after_request(workspace: Path) -> None:
+    message = b'{"message": "hi", "session_id": "s"}'
+    post = (
+        b"POST /api/message HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\n\r\n%s" % (len(message), message)
+    )
+    get = b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n"
+    async with serve_bot(local_config(workspace)) as bot:
+        stream = await trio.open_tcp_stream(*_address(bot.url))
+        async with stream:
+            buffered = bytearray()
+            answers = []
+            with trio.fail_after(20):
+                for request in (get, post, get, post):
+                    await stream.send_all(request)
+                    answers.append(await _response(stream, buffered))
+    assert all(answer.startswith(b"HTTP/1.1 200") for answer in answers)
+    assert not any(b"connection: close" in answer.lower() for answer in answers)
+
+
+async def test_an_answer_given_before_the_body_arrived_says_connection_close(
+    workspace: Path,
+) -> None:
+    """Refused from its headers alone; the body never comes. Without `Connection: close`
+    a client would reuse the connection the server is about to close."""
+    async with serve_bot(local_config(workspace)) as bot:
+        stream = await trio.open_tcp_stream(*_address(bot.url))
+        async with stream:
+            await stream.send_all(
+                b"POST /api/message HTTP/1.1\r\nHost: localhost\r\n"
+                b"Content-Type: text/plain\r\nContent-Length: 100\r\n\r\n"
+            )
+            received = bytearray()
+            with trio.fail_after(10):
+                while chunk := await stream.receive_some(1 << 16):
+                    received += chunk
+    assert received.startswith(b"HTTP/1.1 415")
+    assert b"connection: close" in received.lower()
+
+
 async def test_a_client_that_never_finishes_its_headers_is_disconnected(
     workspace: Path,
 ) -> None:

@@ -1,5 +1,5 @@
-"""Property-based fuzzing of every endpoint that takes a body: over 5,000 malformed requests,
-no 5xx, the server still answers afterwards, and the inbox holds only accepted messages.
+"""Property-based fuzzing of every endpoint that takes a body (and of the headers the edge
+reads): over 5,000 malformed requests, no 5xx, the server still answers afterwards, and the inbox holds only accepted messages.
 
 The bot runs in its own thread (its own trio loop) for the whole run, so Hypothesis drives
 one long-lived server with a plain blocking client instead of starting one per example.
@@ -187,6 +187,7 @@ def test_malformed_requests_are_never_a_5xx(tmp_path: Path) -> None:
     with _bot_in_a_thread(workspace) as url, httpx2.Client(timeout=30) as http:
         for endpoint, examples in EXAMPLES.items():
             sent[endpoint] = _fuzz(http, url + endpoint, endpoint, examples, accepted_texts)
+        sent["headers"] = _fuzz_headers(http, url + MESSAGE, accepted_texts)
         normal = http.post(
             url + MESSAGE, json={"message": "still there?"}, headers=headers_for(MESSAGE, b"")
         )
@@ -195,6 +196,50 @@ def test_malformed_requests_are_never_a_5xx(tmp_path: Path) -> None:
     rows = inbox(workspace)
     assert all(state == "replied" for _, _, state in rows), rows  # nothing left half-done
     assert {text for _, text, _ in rows} <= accepted_texts | {"still there?"}
+
+
+_header_text = st.from_regex(r"([!-~]([ -~]{0,58}[!-~])?)?", fullmatch=True)
+"""What a client can put in a header: printable ASCII, no whitespace around it."""
+_HEADERS = st.fixed_dictionaries(
+    {},
+    optional={
+        name: st.one_of(_header_text, st.sampled_from(samples))
+        for name, samples in {
+            "Host": ["[::1", "localhost:x", ":", "[]:1", "a" * 300, "a..b", "-.example"],
+            "Origin": ["null", "http://[::1", "http://localhost:99999", "://"],
+            "Content-Type": ["application/json; charset=latin-1", "application/json;;", "*/*"],
+            "Idempotency-Key": ["", "k" * 256],
+            "X-Forwarded-For": ["", ",,,", "unknown, 300.1.1.1", "::1, 127.0.0.1"],
+            "Forwarded": ['for="[::1', "for=;by=", 'for="_hidden", for=unknown'],
+        }.items()
+    },
+)
+HEADER_EXAMPLES = 500
+
+
+def _fuzz_headers(http: httpx2.Client, url: str, accepted_texts: set[str]) -> int:
+    """Valid messages under generated headers (the Host, Origin and proxy checks)."""
+    sent = 0
+
+    @settings(
+        max_examples=HEADER_EXAMPLES,
+        deadline=None,
+        database=None,
+        suppress_health_check=list(HealthCheck),
+    )
+    @given(extra=_HEADERS, text=_clean_text)
+    def request(extra: dict[str, str], text: str) -> None:
+        nonlocal sent
+        body = json.dumps({"message": text}).encode()
+        headers = headers_for(MESSAGE, body) | extra
+        answer = http.post(url, content=body, headers=headers)
+        sent += 1
+        assert answer.status_code < 500, (headers, answer.text)
+        if answer.status_code < 300:
+            accepted_texts.add(text)
+
+    request()
+    return sent
 
 
 def _fuzz(
@@ -215,7 +260,7 @@ def _fuzz(
         answer = http.post(url, content=body, headers=headers_for(endpoint, body))
         sent += 1
         assert answer.status_code < 500, (endpoint, body[:200], answer.text)
-        assert answer.headers["content-type"] == "application/json"
+        assert answer.headers["content-type"] in ("application/json", "text/event-stream")
         if answer.status_code < 300 and endpoint in (MESSAGE, WEBHOOK, TELEGRAM):
             accepted_texts.update(_texts(body))
 

@@ -114,6 +114,16 @@ async def test_a_foreign_host_name_is_refused_when_serving_on_loopback(
     assert [text for _, text, _ in inbox(workspace)] == ["hi", "hi", "hi"]
 
 
+@pytest.mark.parametrize("host", ["a" * 64 + ".example", "a..b", "."])
+async def test_a_host_that_is_no_host_name_is_a_400_not_a_500(
+    workspace: Path, client: httpx2.AsyncClient, host: str
+) -> None:
+    async with serve_bot(local_config(workspace, allowed_hosts="*")) as bot:
+        answer = await client.get(f"{bot.url}/api/v1/memory/stats", headers={"Host": host})
+    assert answer.status_code == 400
+    assert answer.json()["error"]["type"] == "invalid_host"
+
+
 @pytest.mark.parametrize(
     ("setting", "host", "status"),
     [
@@ -177,7 +187,14 @@ async def test_json_from_another_origin_is_refused_and_from_our_own_accepted(
         own = await client.post(
             f"{bot.url}/api/v1/memory/consolidate", json={}, headers={"Origin": bot.url}
         )
+        odd = [
+            await client.post(
+                f"{bot.url}/api/v1/memory/consolidate", json={}, headers={"Origin": origin}
+            )
+            for origin in ("null", "http://[::1", "http://127.0.0.1@attacker.example")
+        ]
     assert foreign.status_code == 403
+    assert [answer.status_code for answer in odd] == [403, 403, 403]
     assert own.status_code == 200 and own.json()["consolidated"] is True
 
 
