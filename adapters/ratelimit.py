@@ -117,4 +117,6 @@ def _trusted(address: str | None, trusted: Networks) -> bool:
         parsed: IPv4Address | IPv6Address = ip_address(address)
     except ValueError:
         return False
+    if isinstance(parsed, IPv6Address) and parsed.ipv4_mapped is not None:
+        parsed = parsed.ipv4_mapped  # a dual-stack socket's view of an IPv4 peer
     return any(parsed in network for network in trusted)

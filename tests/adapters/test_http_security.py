@@ -293,6 +293,7 @@ def test_the_client_is_the_nearest_untrusted_hop() -> None:
         client_address("::1", proxies, forwarded='for="[2001:db8::7]:4711";proto=https')
         == "2001:db8::7"
     )
+    assert client_address("::ffff:10.0.0.1", proxies, x_forwarded_for="192.0.2.5") == "192.0.2.5"
     assert client_address("10.0.0.1", proxies) == "10.0.0.1"  # no header: the proxy itself
     assert client_address("10.0.0.1", ()) == "10.0.0.1"
 
