@@ -463,12 +463,16 @@ def create_app(
         with _refusals():
             await deliver(inbound)
         if isinstance(responder, StreamingResponder):
-            return Response(
+            stream = Response(
                 responder.events(settings.reply_timeout),
                 status=200,
                 content_type="text/event-stream",
                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
             )
+            # The events bound themselves by `reply_timeout`; Quart's RESPONSE_TIMEOUT (60 s)
+            # would cut a longer turn off mid-stream, an incomplete body and no `done`.
+            stream.timeout = None
+            return stream
         with trio.move_on_after(settings.reply_timeout):
             reply = await responder.wait()
             return _json(reply_body(reply), reply_status(reply))
