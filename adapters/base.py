@@ -4,7 +4,8 @@ Error tree of what `Deliver` may raise to a channel::
 
     ChannelError
     ├── Busy          the session's mailbox is full: retry after `retry_after` seconds
-    └── Unavailable   the runtime is not taking messages (shutting down, not ready)
+    ├── Unavailable   the runtime is not taking messages (shutting down, not ready)
+    └── KeyReused     the message id was used before for a different message
 """
 
 from __future__ import annotations
@@ -126,6 +127,11 @@ class Busy(ChannelError):
 
 class Unavailable(ChannelError):
     pass
+
+
+class KeyReused(ChannelError):
+    """The channel's message id (an `Idempotency-Key`) names an earlier, different message
+    of the same session: neither is replayed nor run again."""
 
 
 def reply_body(reply: Reply) -> dict[str, Any]:

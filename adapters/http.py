@@ -17,7 +17,9 @@ import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
+from ipaddress import ip_address
 from typing import Any, Protocol, TypeVar
+from urllib.parse import urlsplit
 
 import attrs
 import cattrs
@@ -26,13 +28,16 @@ from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve
 from quart import Response, request
 from quart_trio import QuartTrio
-from werkzeug.exceptions import HTTPException
+from quart_trio.asgi import TrioASGIHTTPConnection
+from werkzeug.exceptions import BadHost, HTTPException
 
+from adapters._json import InvalidJson, decode_json
 from adapters.base import (
     Accepted,
     Busy,
     Deliver,
     Inbound,
+    KeyReused,
     Progress,
     Reply,
     TextDelta,
@@ -41,7 +46,7 @@ from adapters.base import (
     Unavailable,
     reply_body,
 )
-from adapters.ratelimit import RateLimiter
+from adapters.ratelimit import Networks, RateLimiter, client_address
 from adapters.telegram import TelegramWebhook
 from adapters.webhook import (
     CallbackResponder,
@@ -56,7 +61,7 @@ from adapters.webhook import (
 log = logging.getLogger("adapters.http")
 
 T = TypeVar("T")
-_SESSION_ID = re.compile(r"^[\w.:@-]{1,128}$")
+_SESSION_ID = re.compile(r"[\w.:@-]{1,128}")
 _ERROR_STATUS = {
     "provider": 502,
     "timeout": 504,
@@ -73,8 +78,38 @@ class HttpSettings:
     max_body_bytes: int = 1 << 20
     max_message_chars: int = 32_000
     reply_timeout: float = 150.0
+    body_timeout: float = 30.0
+    """A request body must have arrived within this (a slow sender gets 408 and is closed)."""
     client_rate_per_minute: float = 0.0
     """Per-client (remote address) limit when no API token is configured; 0 is off."""
+    allowed_hosts: tuple[str, ...] | None = None
+    """The `Host` names (port aside) the API answers, against DNS rebinding; None: any.
+    See `allowed_hosts`."""
+    trusted_proxies: Networks = ()
+    """Reverse proxies whose `X-Forwarded-For` / `Forwarded` names the client."""
+
+
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
+
+
+def allowed_hosts(setting: str, bind_host: str) -> tuple[str, ...] | None:
+    """The `Host` allow-list from `ALLOWED_HOSTS` (comma-separated; `*` is any): by default
+    the loopback names when the server listens on loopback only, any name otherwise."""
+    names = tuple(name.strip().lower().rstrip(".") for name in setting.split(",") if name.strip())
+    if "*" in names:
+        return None
+    if names:
+        return names
+    return LOOPBACK_HOSTS if _is_loopback(bind_host) else None
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 @attrs.frozen
@@ -216,6 +251,83 @@ _strict = _converter.copy(forbid_extra_keys=True)
 """For JSON bodies: an unknown (mistyped) field is an error, named in the answer."""
 
 
+_CLOSE = (b"connection", b"close")
+_BODY_GRACE = 1.0
+"""Seconds a response waits for the (empty) end of a request without a body."""
+
+
+def _has_body(request: Any) -> bool:
+    return bool(request.content_length) or "Transfer-Encoding" in request.headers
+
+
+class _HttpConnection(TrioASGIHTTPConnection):
+    """quart-trio's handling of one HTTP request, without cancelling hypercorn's own work.
+
+    quart-trio 0.12 runs the route and a receive loop in one nursery and cancels both when
+    the loop sees `http.disconnect`. Hypercorn sends that disconnect from *inside* the
+    route's last `send`: finishing the response closes the stream, which then recycles the
+    connection (starts the keep-alive timer, or closes the socket for `Connection: close`
+    and HTTP/1.0). That work was cancelled half-way, so no connection was ever closed by the
+    server and ~1,000 idle clients ran it out of file descriptors. Here a disconnect cancels
+    the route only while its response is unfinished (the client left mid-request).
+
+    A response decided before the request's body has arrived (a 401, 403, 413 or 415 from
+    the headers alone) says `Connection: close`: hypercorn closes a connection whose request
+    was not read to its end, and a client told nothing would send its next request into the
+    closing socket. A request without a body has its end delivered at once: that is awaited.
+    """
+
+    async def __call__(self, receive: Any, send: Any) -> None:
+        request = self._create_request_from_scope(send)
+        finishing = False
+        body_received = trio.Event()
+
+        async def receive_tracked() -> Any:
+            message = await receive()
+            if message["type"] == "http.disconnect" or not message.get("more_body"):
+                body_received.set()
+            return message
+
+        async def send_tracked(message: Any) -> None:
+            nonlocal finishing
+            if message["type"] == "http.response.start" and not body_received.is_set():
+                if not _has_body(request):
+                    with trio.move_on_after(_BODY_GRACE):
+                        await body_received.wait()
+                if not body_received.is_set():
+                    message = {**message, "headers": [*message["headers"], _CLOSE]}
+            elif message["type"] == "http.response.body" and not message.get("more_body"):
+                finishing = True
+            await send(message)
+
+        route = trio.CancelScope()
+
+        async def watch_disconnect() -> None:
+            await super(TrioASGIHTTPConnection, self).handle_messages(request, receive_tracked)
+            if not finishing:
+                route.cancel()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(watch_disconnect)
+            with route:
+                await self._respond(request, send_tracked)
+            nursery.cancel_scope.cancel()
+
+    async def _respond(self, request: Any, send: Any) -> None:
+        try:
+            response = await self.app.handle_request(request)
+        except BadHost:
+            # Raised while Quart builds the request context, before any error handler of
+            # the app can answer (a Host label over 63 characters, an empty one): a 500.
+            error = {"type": "invalid_host", "message": "the Host header is not a valid host name"}
+            response = _json({"error": error}, 400)
+        timeout = getattr(response, "timeout", Ellipsis)
+        if timeout is Ellipsis:
+            timeout = self.app.config["RESPONSE_TIMEOUT"]
+        with trio.move_on_after(math.inf if timeout is None else timeout):
+            await self._send_response(send, response)
+
+
 def reply_status(reply: Reply) -> int:
     return 200 if reply.error is None else _ERROR_STATUS.get(reply.error.kind, 500)
 
@@ -233,12 +345,14 @@ def create_app(
     memory: MemoryEndpoints | None = None,
 ) -> QuartTrio:
     app = QuartTrio("botcorebot")
+    app.asgi_http_class = _HttpConnection
     clients = (
         RateLimiter(settings.client_rate_per_minute)
         if settings.client_rate_per_minute and settings.api_token is None
         else None
     )
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    app.config["BODY_TIMEOUT"] = settings.body_timeout
 
     @app.errorhandler(ApiError)
     async def api_error(error: ApiError) -> Response:
@@ -258,12 +372,22 @@ def create_app(
         return _json({"error": {"type": _slug(error.name), "message": message}}, status)
 
     @app.before_request
+    async def check_host() -> None:
+        """A DNS-rebinding page reaches us under its own name: answer only ours."""
+        if settings.allowed_hosts is None or _public(request.path):
+            return
+        host = request.headers.get("Host", "")
+        if host and _host_name(host) not in settings.allowed_hosts:
+            raise ApiError(
+                400,
+                "invalid_host",
+                f"this server does not answer for host {_host_name(host)!r};"
+                " add it to ALLOWED_HOSTS if it should",
+            )
+
+    @app.before_request
     async def authenticate() -> None:
-        # Webhooks are authenticated by their signature instead.
-        public = request.path in ("/healthz", "/readyz", "/telegram/webhook") or (
-            request.path.startswith("/webhooks/")
-        )
-        if settings.api_token is None or public:
+        if settings.api_token is None or _public(request.path):
             return
         header = request.headers.get("Authorization", "")
         scheme, _, token = header.partition(" ")
@@ -277,6 +401,25 @@ def create_app(
                 # Refused before the body is read: close, or the next request on this
                 # connection can hang behind the unread body.
                 {"WWW-Authenticate": 'Bearer realm="botcorebot"', "Connection": "close"},
+            )
+
+    @app.before_request
+    async def refuse_cross_site() -> None:
+        """A browser may send a form or a simple POST anywhere without asking; JSON from
+        another site needs a CORS preflight, which this API never grants."""
+        if request.method in ("GET", "HEAD", "OPTIONS") or _public(request.path):
+            return
+        origin = request.headers.get("Origin")
+        if origin is not None and _origin_host(origin) != _host_name(
+            request.headers.get("Host", "")
+        ):
+            raise ApiError(403, "cross_origin", f"requests from {origin!r} are not allowed")
+        if request.mimetype != "application/json":
+            raise ApiError(
+                415,
+                "unsupported_media_type",
+                "send JSON with 'Content-Type: application/json'"
+                f" (got {request.mimetype or 'none'})",
             )
 
     @app.get("/healthz")
@@ -298,8 +441,14 @@ def create_app(
 
     @app.post("/api/message")
     async def message() -> Response:
+        client = client_address(
+            request.remote_addr,
+            settings.trusted_proxies,
+            x_forwarded_for=", ".join(request.headers.getlist("X-Forwarded-For")) or None,
+            forwarded=", ".join(request.headers.getlist("Forwarded")) or None,
+        )
         if clients is not None:
-            wait = clients.acquire(request.remote_addr)
+            wait = clients.acquire(client)
             if wait:
                 raise ApiError(
                     429,
@@ -308,6 +457,9 @@ def create_app(
                     {"Retry-After": str(max(1, math.ceil(wait)))},
                 )
         payload = await _read_message(settings)
+        key = request.headers.get("Idempotency-Key") or payload.message_id
+        if key is not None and len(key) > 255:
+            raise ApiError(400, "invalid_request", "an Idempotency-Key is at most 255 characters")
         session_id = payload.session_id or uuid.uuid4().hex
         streaming = payload.stream or "text/event-stream" in request.headers.get("Accept", "")
         responder = StreamingResponder() if streaming else HttpResponder()
@@ -316,18 +468,22 @@ def create_app(
             session_id=session_id,
             text=payload.message,
             responder=responder,
-            message_id=request.headers.get("Idempotency-Key") or payload.message_id,
-            sender=request.remote_addr,
+            message_id=key,
+            sender=client,
         )
         with _refusals():
             await deliver(inbound)
         if isinstance(responder, StreamingResponder):
-            return Response(
+            stream = Response(
                 responder.events(settings.reply_timeout),
                 status=200,
                 content_type="text/event-stream",
                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
             )
+            # The events bound themselves by `reply_timeout`; Quart's RESPONSE_TIMEOUT (60 s)
+            # would cut a longer turn off mid-stream, an incomplete body and no `done`.
+            stream.timeout = None
+            return stream
         with trio.move_on_after(settings.reply_timeout):
             reply = await responder.wait()
             return _json(reply_body(reply), reply_status(reply))
@@ -354,6 +510,8 @@ def create_app(
             ) from None
         try:
             text, session = parse(source, body)
+        except InvalidJson as exc:
+            raise ApiError(400, "invalid_json", str(exc)) from None
         except ValueError as exc:
             raise ApiError(400, "invalid_request", str(exc)) from None
         if source.callback is not None and callbacks is not None:
@@ -422,7 +580,7 @@ def create_app(
         if not hmac.compare_digest(given.encode(), telegram.secret.encode()):
             log.warning("Telegram webhook refused: wrong or missing secret token")
             raise ApiError(401, "unauthorized", "the secret token is missing or wrong")
-        update = await request.get_json(force=True, silent=True)
+        update = await _read_body_json()
         if not isinstance(update, dict):
             raise ApiError(
                 400, "invalid_request", "the body is not a Telegram update (JSON object)"
@@ -453,21 +611,14 @@ def _refusals() -> Iterator[None]:
         raise ApiError(429, "busy", str(exc), {"Retry-After": retry}) from exc
     except Unavailable as exc:
         raise ApiError(503, "unavailable", str(exc), {"Retry-After": "5"}) from exc
+    except KeyReused as exc:
+        raise ApiError(422, "idempotency_key_reused", str(exc)) from exc
 
 
 async def _read_json(model: type[T], converter: cattrs.Converter = _converter) -> T:
-    """The JSON body as `model`, or a 4xx naming what is wrong."""
-    if request.mimetype != "application/json":
-        raise ApiError(
-            415,
-            "unsupported_media_type",
-            f"send JSON with 'Content-Type: application/json' (got {request.mimetype or 'none'})",
-        )
-    raw = await request.get_data(as_text=False)
-    try:
-        data = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ApiError(400, "invalid_json", f"the body is not valid JSON: {exc}") from None
+    """The JSON body as `model`, or a 4xx naming what is wrong (the content type is checked
+    for every POST by `refuse_cross_site`)."""
+    data = await _read_body_json()
     if not isinstance(data, dict):
         raise ApiError(400, "invalid_request", "the body must be a JSON object")
     try:
@@ -481,6 +632,15 @@ async def _read_json(model: type[T], converter: cattrs.Converter = _converter) -
         raise ApiError(400, "invalid_request", problems) from None
 
 
+async def _read_body_json() -> object:
+    raw = await request.get_data(as_text=False)
+    assert isinstance(raw, bytes)
+    try:
+        return decode_json(raw)
+    except InvalidJson as exc:
+        raise ApiError(400, "invalid_json", str(exc)) from None
+
+
 async def _read_message(settings: HttpSettings) -> MessageRequest:
     payload = await _read_json(MessageRequest, _strict)
     if not payload.message.strip():
@@ -491,13 +651,36 @@ async def _read_message(settings: HttpSettings) -> MessageRequest:
             "message_too_long",
             f"'message' is {len(payload.message)} characters; the limit is {settings.max_message_chars}",
         )
-    if payload.session_id is not None and not _SESSION_ID.match(payload.session_id):
+    if payload.session_id is not None and not _SESSION_ID.fullmatch(payload.session_id):
         raise ApiError(
             400,
             "invalid_request",
             "'session_id' must be 1-128 letters, digits or '.:@_-'",
         )
     return payload
+
+
+def _public(path: str) -> bool:
+    """Probes, and the webhooks (authenticated by their signatures instead of the token)."""
+    return path in ("/healthz", "/readyz", "/telegram/webhook") or path.startswith("/webhooks/")
+
+
+def _origin_host(origin: str) -> str | None:
+    """The host of an `Origin` header; None for `null` or anything unreadable."""
+    try:
+        return urlsplit(origin).hostname
+    except ValueError:
+        return None
+
+
+def _host_name(host: str) -> str:
+    """`Host` without its port: `[::1]:3000` → `::1`, `Bot.example:443` → `bot.example`."""
+    host = host.strip().lower()
+    if host.startswith("["):
+        return host[1:].partition("]")[0]
+    if host.count(":") == 1:
+        host = host.partition(":")[0]
+    return host.rstrip(".")
 
 
 def _json(
@@ -536,17 +719,21 @@ async def serve_http(
     shutdown_trigger: Callable[[], Awaitable[None]],
     *,
     graceful_timeout: float = 0.5,
+    keep_alive_timeout: float = 5.0,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve `app` until `shutdown_trigger` returns; reports the bound addresses when ready.
 
     `graceful_timeout` is short on purpose: the runtime drains its turns before it stops the
     server, so what is left is writing finished responses. Hypercorn otherwise holds idle
-    keep-alive connections open for the whole graceful period.
+    keep-alive connections open for the whole graceful period. `keep_alive_timeout` closes
+    a connection that sent no new request for that long (and one that never finishes its
+    request headers: slow clients are bounded by it too).
     """
     config = HypercornConfig()
     config.bind = [f"{host}:{port}"]
     config.graceful_timeout = graceful_timeout
+    config.keep_alive_timeout = keep_alive_timeout
     # Hypercorn's default listen backlog (100) resets connections when a burst of clients
     # connects at once (seen at 1,000 concurrent sessions); the kernel caps it at somaxconn.
     config.backlog = 4096

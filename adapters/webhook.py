@@ -31,6 +31,7 @@ import attrs
 import httpx2
 import trio
 
+from adapters._json import decode_json
 from adapters.base import Accepted, Deliver, Inbound, Progress, Reply, reply_body
 
 log = logging.getLogger("adapters.webhook")
@@ -145,10 +146,7 @@ def extract(body: object, path: str) -> object:
 
 def parse(source: WebhookSource, body: bytes) -> tuple[str, str]:
     """(text, session id) from a verified body; ValueError says what is missing."""
-    try:
-        data = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ValueError(f"the body is not valid JSON: {exc}") from None
+    data = decode_json(body)
     try:
         text = extract(data, source.text)
     except KeyError:

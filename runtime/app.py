@@ -6,6 +6,7 @@ import logging
 import math
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from functools import partial
 from typing import Any
 
 import attrs
@@ -14,8 +15,8 @@ import trio
 
 from actors import ActorCrashed, ActorStopped, MailboxFull, Registry, RestartPolicy
 from adapters import Accepted, Busy, Inbound, Progress, Reply, ReplyError, Responder, Unavailable
-from adapters.http import HttpSettings, create_app, serve_http
-from adapters.ratelimit import RateLimiter
+from adapters.http import HttpSettings, allowed_hosts, create_app, serve_http
+from adapters.ratelimit import RateLimiter, trusted_proxies
 from adapters.telegram import (
     TelegramApi,
     TelegramChannel,
@@ -38,6 +39,9 @@ from runtime.session import Job, SessionActor, SessionServices, TurnLimits
 from runtime.tools import ToolExecutor, ToolRegistry, builtin_tools
 
 log = logging.getLogger("runtime")
+
+ACCEPT_DEADLINE = 30.0
+"""How long `deliver` may wait for the inbox write, shielded from its caller's cancellation."""
 
 RecoveryResponders = Mapping[str, Callable[[InboxEntry], Responder]]
 
@@ -248,23 +252,29 @@ class Runtime:
             if wait:
                 self.metrics.refused.inc(reason="session_rate")
                 raise Busy(f"session {inbound.session_id!r} is sending too fast; slow down", wait)
-        entry, new = await self.inbox.accept(inbound)
-        if not new:
-            return self._repeat(entry, inbound.responder)
-        try:
-            self._enqueue(entry.id, inbound)
-        except MailboxFull as exc:
-            self.metrics.refused.inc(reason="mailbox_full")
-            await self.inbox.withdraw(entry.id)
-            raise Busy(
-                f"session {inbound.session_id!r} has {exc.capacity} messages waiting; retry shortly",
-                retry_after=1.0,
-            ) from exc
-        except ActorStopped as exc:
-            raise Unavailable(
-                "the bot is shutting down; the message was kept and will be answered after the restart"
-            ) from exc
-        return Accepted(entry.id)
+        # Shielded: a caller cancelled (its client left) once the write is queued would leave
+        # the row `received` with no actor, and every retry of its key Busy until a restart.
+        with trio.CancelScope(shield=True, deadline=trio.current_time() + ACCEPT_DEADLINE):
+            entry, new = await self.inbox.accept(inbound)
+            if not new:
+                return self._repeat(entry, inbound.responder)
+            try:
+                self._enqueue(entry.id, inbound)
+            except MailboxFull as exc:
+                self.metrics.refused.inc(reason="mailbox_full")
+                await self.inbox.withdraw(entry.id)
+                raise Busy(
+                    f"session {inbound.session_id!r} has {exc.capacity} messages waiting; retry shortly",
+                    retry_after=1.0,
+                ) from exc
+            except ActorStopped as exc:
+                raise Unavailable(
+                    "the bot is shutting down; the message was kept and will be answered after the restart"
+                ) from exc
+            return Accepted(entry.id)
+        raise Unavailable(
+            f"the database did not take the message within {ACCEPT_DEADLINE:g}s; retry shortly"
+        )
 
     async def reset(self, session_key: str, done: Callable[[bool], None]) -> None:
         """Forget a session's conversation (its history and episodes) after the messages
@@ -587,6 +597,8 @@ async def serve(
                     max_message_chars=config.max_message_chars,
                     reply_timeout=config.turn_timeout_seconds + 30,
                     client_rate_per_minute=config.client_rate_per_minute,
+                    allowed_hosts=allowed_hosts(config.allowed_hosts, config.http_host),
+                    trusted_proxies=trusted_proxies(config.trusted_proxies),
                 ),
                 health=_with_channels(runtime.health, telegram),
                 metrics=runtime.metrics.render,
@@ -618,7 +630,11 @@ async def serve(
 
             await nursery.start(run_runtime)
             binds = await nursery.start(
-                serve_http, app, config.http_host, config.http_port, http_stopped.wait
+                partial(serve_http, keep_alive_timeout=config.http_keep_alive_seconds),
+                app,
+                config.http_host,
+                config.http_port,
+                http_stopped.wait,
             )
             if telegram is not None:
                 nursery.start_soon(_run_telegram, telegram, config, polling)

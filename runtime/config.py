@@ -12,6 +12,7 @@ from typing import Any, Literal
 import attrs
 import cattrs
 
+from adapters.ratelimit import trusted_proxies
 from adapters.webhook import secret_problem
 
 CONFIG_FILE = "botcore.toml"
@@ -86,6 +87,16 @@ class Config:
         default=3000,
         validator=attrs.validators.and_(attrs.validators.ge(0), attrs.validators.le(65535)),
     )
+    http_keep_alive_seconds: float = attrs.field(default=5.0, validator=_positive)
+    """An idle HTTP connection (no new request for this long) is closed by the server."""
+    allowed_hosts: str = ""
+    """Comma-separated `Host` names the HTTP API answers; empty: loopback names when bound
+    to loopback, anything otherwise. `*` allows any (behind a proxy that checks it)."""
+    trusted_proxies: str = attrs.field(
+        default="", validator=lambda _, __, value: trusted_proxies(value)
+    )
+    """Comma-separated addresses/CIDRs of reverse proxies whose X-Forwarded-For/Forwarded
+    names the client (for the per-client rate limit); empty: none is trusted."""
     botcore_api_token: str | None = attrs.field(default=None, repr=False)
     log_level: str = attrs.field(default="info", validator=_log_level)
     log_format: str = attrs.field(

@@ -17,7 +17,7 @@ from typing import Literal
 import attrs
 import cattrs
 
-from adapters import Inbound, Reply
+from adapters import Inbound, KeyReused, Reply
 from runtime.botcore import Database, MemoryType
 from runtime.botcore._history import Role, insert_turn
 from runtime.botcore._memory import EPISODE_IMPORTANCE, episode_of, remember
@@ -48,7 +48,11 @@ class Inbox:
         self._db = db
 
     async def accept(self, inbound: Inbound) -> tuple[InboxEntry, bool]:
-        """Record the message; (entry, True) when new, (the earlier entry, False) on a repeat."""
+        """Record the message; (entry, True) when new, (the earlier entry, False) on a repeat.
+
+        A message id is scoped to its channel and session. Reused there for another text, it
+        is `KeyReused`: replaying the first answer would answer a question nobody asked now.
+        """
         now = time.time()
 
         def insert(db: sqlite3.Connection) -> tuple[InboxEntry, bool]:
@@ -59,7 +63,14 @@ class Inbox:
                     (inbound.channel, inbound.session_id, inbound.message_id),
                 ).fetchone()
                 if row is not None:
-                    return _entry(row), False
+                    earlier = _entry(row)
+                    if earlier.text != inbound.text:
+                        raise KeyReused(
+                            f"the key {inbound.message_id!r} was already used in session"
+                            f" {inbound.session_id!r} for a different message; use a new key"
+                            " for a new message"
+                        )
+                    return earlier, False
             cursor = db.execute(
                 "INSERT INTO inbox (channel, session_id, message_id, sender, text, state,"
                 " created_at, updated_at) VALUES (?, ?, ?, ?, ?, 'received', ?, ?)",

@@ -45,7 +45,7 @@ async def test_store_recall_stats_and_consolidate(
         stats = (await client.get(f"{api}/stats", headers=auth)).json()
         assert stats["total_memories"] == 2 and stats["by_type"] == {"factual": 1, "opinion": 1}
         assert stats["oldest_memory"] <= stats["newest_memory"] and stats["avg_importance"] == 0.65
-        consolidated = (await client.post(f"{api}/consolidate", headers=auth)).json()
+        consolidated = (await client.post(f"{api}/consolidate", json={}, headers=auth)).json()
         assert consolidated["consolidated"] is True
         assert consolidated["stats"] == {
             "memories_before": 2,
