@@ -144,7 +144,12 @@ class Runtime:
             bot=bot,
             provider=provider,
             tools=tools,
-            executor=ToolExecutor(tools, timeout=config.tool_timeout_seconds, redact=redact),
+            executor=ToolExecutor(
+                tools,
+                timeout=config.tool_timeout_seconds,
+                redact=redact,
+                concurrency=config.tool_concurrency,
+            ),
             inbox=self.inbox,
             model_limiter=trio.CapacityLimiter(config.model_concurrency),
             metrics=self.metrics,

@@ -119,6 +119,8 @@ class Config:
     shutdown_grace_seconds: float = attrs.field(default=10.0, validator=_positive)
     max_tool_calls: int = attrs.field(default=32, validator=_positive)
     """Tool calls run per model answer; the rest get an error result."""
+    tool_concurrency: int = attrs.field(default=4, validator=_positive)
+    """Tool calls of one model answer that run at the same time."""
     tool_threads: int = attrs.field(default=8, validator=_positive)
     """Worker threads the file and task tools may hold at once (their own pool)."""
     identity_writable: bool = False

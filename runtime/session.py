@@ -457,14 +457,15 @@ class SessionActor:
                     services.tasks or bot.tasks,
                 )
                 cap = services.limits.max_tool_calls
-                results = []
-                for call in calls[:cap]:
-                    inbound.responder.progress(ToolProgress(call.name, call.id, "start"))
-                    result = await services.executor.run(call, context)
+
+                def progress(call: ToolCall, result: ToolResult | None) -> None:
                     inbound.responder.progress(
-                        ToolProgress(call.name, call.id, "end", is_error=result.is_error)
+                        ToolProgress(call.name, call.id, "start")
+                        if result is None
+                        else ToolProgress(call.name, call.id, "end", is_error=result.is_error)
                     )
-                    results.append(result)
+
+                results = list(await services.executor.run_all(calls[:cap], context, progress))
                 skipped = (
                     f"not run: at most {cap} tool calls are run per answer, and this answer "
                     f"had {len(calls)}; call the rest again in the next answer if still needed"

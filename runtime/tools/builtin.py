@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import posixpath
 from collections.abc import Mapping
 
 from runtime.botcore import MemoryType, TaskNode
@@ -12,6 +13,15 @@ from runtime.tools.registry import Tool, ToolContext
 JSONObject = Mapping[str, object]
 
 _PATH = {"type": "string", "minLength": 1, "description": "Path relative to the workspace."}
+
+
+def _file(args: JSONObject) -> str:
+    """The file a call touches, so that calls on one file run in order."""
+    return "file:" + posixpath.normpath(str(args.get("path", ".")))
+
+
+def _graph(args: JSONObject) -> str:
+    return "file:.gid/graph.yml"
 
 
 def _schema(required: list[str], **properties: object) -> dict[str, object]:
@@ -121,6 +131,7 @@ def builtin_tools() -> list[Tool]:
                 _schema(["path"], path=_PATH),
             ),
             _read,
+            _file,
         ),
         Tool(
             ToolSpec(
@@ -129,6 +140,7 @@ def builtin_tools() -> list[Tool]:
                 _schema(["path", "content"], path=_PATH, content={"type": "string"}),
             ),
             _write,
+            _file,
         ),
         Tool(
             ToolSpec(
@@ -142,6 +154,7 @@ def builtin_tools() -> list[Tool]:
                 ),
             ),
             _edit,
+            _file,
         ),
         Tool(
             ToolSpec(
@@ -150,6 +163,7 @@ def builtin_tools() -> list[Tool]:
                 _schema([], path={**_PATH, "description": "Folder, '.' for the workspace root."}),
             ),
             _list,
+            _file,
         ),
         Tool(
             ToolSpec(
@@ -190,6 +204,7 @@ def builtin_tools() -> list[Tool]:
                 ),
             ),
             _task_create,
+            _graph,
         ),
         Tool(
             ToolSpec(
@@ -205,6 +220,7 @@ def builtin_tools() -> list[Tool]:
                 ),
             ),
             _task_update,
+            _graph,
         ),
         Tool(
             ToolSpec(
@@ -213,5 +229,6 @@ def builtin_tools() -> list[Tool]:
                 _schema([], ready={"type": "boolean"}, status={"type": "string"}),
             ),
             _task_list,
+            _graph,
         ),
     ]

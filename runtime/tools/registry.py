@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 
 import attrs
 import trio
@@ -34,12 +34,20 @@ class ToolContext:
 
 
 Handler = Callable[[ToolContext, JSONObject], Awaitable[str]]
+Resource = Callable[[JSONObject], str | None]
+"""What a call touches that another call of the same answer may touch too (a file): calls
+on the same resource run one after the other, in the order the model gave them."""
+
+
+def _touches_nothing(arguments: JSONObject) -> str | None:
+    return None
 
 
 @attrs.frozen
 class Tool:
     spec: ToolSpec
     handler: Handler = attrs.field(eq=False)
+    resource: Resource = attrs.field(default=_touches_nothing, eq=False)
 
     @property
     def name(self) -> str:
@@ -49,6 +57,7 @@ class Tool:
 class ToolRegistry:
     def __init__(self, tools: Iterable[Tool] = ()) -> None:
         self._tools: dict[str, Tool] = {}
+        self._groups: dict[str, tuple[str, ...]] = {}
         for tool in tools:
             self.add(tool)
 
@@ -60,11 +69,32 @@ class ToolRegistry:
     def get(self, name: str) -> Tool | None:
         return self._tools.get(name)
 
+    def replace(self, group: str, tools: Iterable[Tool]) -> None:
+        """Put `tools` in place of those last given for `group` (an MCP server's, listed
+        again after a restart); a name taken by a tool outside the group is refused."""
+        tools = list(tools)
+        for name in self._groups.pop(group, ()):
+            self._tools.pop(name, None)
+        added: list[str] = []
+        try:
+            for tool in tools:
+                self.add(tool)
+                added.append(tool.name)
+        finally:
+            self._groups[group] = tuple(added)
+
     def specs(self) -> tuple[ToolSpec, ...]:
         return tuple(tool.spec for tool in self._tools.values())
 
+    def __len__(self) -> int:
+        return len(self._tools)
+
     def __contains__(self, name: object) -> bool:
         return name in self._tools
+
+
+OnProgress = Callable[[ToolCall, ToolResult | None], None]
+"""Told when a call starts (no result yet) and when it ends (with its result)."""
 
 
 class ToolExecutor:
@@ -76,11 +106,70 @@ class ToolExecutor:
     one) and from the result (nothing a tool reads reaches the model with one)."""
 
     def __init__(
-        self, registry: ToolRegistry, *, timeout: float = 30.0, redact: Redactor | None = None
+        self,
+        registry: ToolRegistry,
+        *,
+        timeout: float = 30.0,
+        redact: Redactor | None = None,
+        concurrency: int = 4,
     ) -> None:
         self._registry = registry
         self._timeout = timeout
         self._redact = redact or Redactor()
+        self._concurrency = concurrency
+
+    async def run_all(
+        self,
+        calls: Sequence[ToolCall],
+        context: ToolContext,
+        on_progress: OnProgress | None = None,
+    ) -> tuple[ToolResult, ...]:
+        """The calls of one model answer, run concurrently (at most `concurrency` at once,
+        each within its own timeout); the results come back in the order of the calls.
+
+        Calls on the same resource (a file's path) run one after the other in call order:
+        each waits for the one before it to finish, so a write then an edit of one file
+        behaves as the model meant. Waiting for a turn is not counted against the timeout.
+        """
+        results: list[ToolResult | None] = [None] * len(calls)
+        limiter = trio.CapacityLimiter(self._concurrency)
+        last_on: dict[str, trio.Event] = {}
+
+        async def run_one(
+            index: int, call: ToolCall, before: trio.Event | None, done: trio.Event
+        ) -> None:
+            try:
+                if before is not None:
+                    await before.wait()
+                async with limiter:
+                    if on_progress is not None:
+                        on_progress(call, None)
+                    result = await self.run(call, context)
+                    if on_progress is not None:
+                        on_progress(call, result)
+                results[index] = result
+            finally:
+                done.set()
+
+        async with trio.open_nursery() as nursery:
+            for index, call in enumerate(calls):
+                resource = self._resource(call)
+                before = last_on.get(resource) if resource is not None else None
+                done = trio.Event()
+                if resource is not None:
+                    last_on[resource] = done
+                nursery.start_soon(run_one, index, call, before, done)
+        assert all(result is not None for result in results)
+        return tuple(result for result in results if result is not None)
+
+    def _resource(self, call: ToolCall) -> str | None:
+        tool = self._registry.get(call.name)
+        if tool is None:
+            return None
+        try:
+            return tool.resource(call.arguments)
+        except Exception:  # malformed arguments: validation answers the call
+            return None
 
     async def run(self, call: ToolCall, context: ToolContext) -> ToolResult:
         if self._redact:
