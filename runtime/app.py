@@ -7,7 +7,7 @@ import math
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import httpx2
@@ -37,6 +37,9 @@ from runtime.memory_api import MemoryApi
 from runtime.metrics import Metrics
 from runtime.session import Job, SessionActor, SessionServices, TurnLimits
 from runtime.tools import ToolExecutor, ToolRegistry, builtin_tools
+
+if TYPE_CHECKING:
+    from runtime.tools.mcp import McpServers
 
 log = logging.getLogger("runtime")
 
@@ -136,7 +139,14 @@ class Runtime:
         self._sessions = (
             RateLimiter(config.session_rate_per_minute) if config.session_rate_per_minute else None
         )
-        tools = tools or ToolRegistry(builtin_tools())
+        tools = ToolRegistry(builtin_tools()) if tools is None else tools
+        self.mcp: McpServers | None = None
+        if config.mcp:  # the SDK is imported only for a bot that has MCP servers
+            from runtime.tools.mcp import McpServers
+
+            self.mcp = McpServers(
+                config.mcp, tools, workspace=bot.workspace, timeout=config.tool_timeout_seconds
+            )
         redact = Redactor(config.secrets)
         # The tools' own threads: a stuck tool never takes the database's or trio's default ones.
         tool_threads = trio.CapacityLimiter(config.tool_threads)
@@ -215,6 +225,8 @@ class Runtime:
     ) -> None:
         async with trio.open_nursery() as database:
             await database.start(self.bot.db.serve_batches)
+            if self.mcp is not None:  # stopped with the database, once every turn is done
+                await database.start(self.mcp.run)
             async with trio.open_nursery() as nursery:
                 await trio.to_thread.run_sync(self.services.tokens.load)
                 await nursery.start(self._run_sessions)

@@ -59,6 +59,24 @@ class WebhookSettings:
 
 
 @attrs.frozen
+class McpServerSettings:
+    """An `[mcp.NAME]` table of botcore.toml: an MCP server whose tools the bot gets, named
+    `NAME__tool`. Either `command` (with `args`, `env`, `cwd`: started over stdio) or `url`
+    (with `headers`: streamable HTTP). `${VAR}` in `env` and `headers` values is read from the
+    environment, to keep secrets out of the file; those values are redacted like any secret."""
+
+    command: str | None = None
+    args: list[str] = attrs.field(factory=list)
+    env: dict[str, str] = attrs.field(factory=dict, repr=False)
+    """The server's environment: these variables only, beside PATH, HOME and the like."""
+    cwd: Path | None = None
+    url: str | None = None
+    headers: dict[str, str] = attrs.field(factory=dict, repr=False)
+    secrets: tuple[str, ...] = attrs.field(default=(), repr=False)
+    """The values read from the environment (filled in at load, not set in the file)."""
+
+
+@attrs.frozen
 class Config:
     workspace: Path = Path(".")
     engram_db_path: Path | None = None
@@ -126,6 +144,7 @@ class Config:
     identity_writable: bool = False
     """Whether tools may change IDENTITY.md, SOUL.md and USER.md (each change is kept)."""
     webhooks: dict[str, WebhookSettings] = attrs.field(factory=dict)
+    mcp: dict[str, McpServerSettings] = attrs.field(factory=dict)
 
     @property
     def secrets(self) -> tuple[str | None, ...]:
@@ -136,6 +155,7 @@ class Config:
             self.telegram_webhook_secret,
             self.botcore_api_token,
             *(hook.secret for hook in self.webhooks.values()),
+            *(secret for server in self.mcp.values() for secret in server.secrets),
         )
 
     @property
@@ -165,7 +185,7 @@ class Config:
                 raise ConfigError(
                     "; ".join(f"{source.where(name)}: unknown setting" for name in unknown)
                 )
-        for name in names - {"webhooks"}:
+        for name in names - {"webhooks", "mcp"}:
             raw = environ.get(name.upper())
             if raw is not None and raw.strip() != "":
                 values[name] = raw.strip()
@@ -178,7 +198,47 @@ class Config:
             raise ConfigError("invalid configuration: " + "; ".join(problems)) from None
         except ValueError as exc:
             raise ConfigError(f"invalid configuration: {exc}") from None
-        return attrs.evolve(config, webhooks=_webhook_secrets(config.webhooks, environ))
+        return attrs.evolve(
+            config,
+            webhooks=_webhook_secrets(config.webhooks, environ),
+            mcp=_mcp_servers(config.mcp, environ),
+        )
+
+
+_MCP_NAME = re.compile(r"[A-Za-z0-9-]+(_[A-Za-z0-9-]+)*")
+
+
+def _mcp_servers(
+    servers: dict[str, McpServerSettings], environ: Mapping[str, str]
+) -> dict[str, McpServerSettings]:
+    """Each server checked (one transport, a name fit for tool names) with `${VAR}` read
+    from the environment."""
+    resolved = {}
+    for name, server in servers.items():
+        where = f"MCP server {name!r}"
+        if not _MCP_NAME.fullmatch(name) or len(name) > 30:
+            raise ConfigError(
+                f"{where}: the name must be 1-30 letters, digits, '-' or single '_' "
+                "(its tools are named NAME__tool)"
+            )
+        if (server.command is None) == (server.url is None):
+            raise ConfigError(f"{where}: set either command (stdio) or url (streamable HTTP)")
+        if server.url is not None and not re.match(r"https?://", server.url):
+            raise ConfigError(f"{where}: url must start with http:// or https://")
+        secrets: list[str] = []
+        resolved[name] = attrs.evolve(
+            server,
+            env={
+                key: _expand(value, environ, secrets, f"{where}: {key}")
+                for key, value in server.env.items()
+            },
+            headers={
+                key: _expand(value, environ, secrets, f"{where}: {key}")
+                for key, value in server.headers.items()
+            },
+            secrets=tuple(secrets),
+        )
+    return resolved
 
 
 def _webhook_secrets(
@@ -197,6 +257,19 @@ def _webhook_secrets(
             raise ConfigError(f"webhook source {name!r}: {problem}; check its {where}")
         resolved[name] = attrs.evolve(hook, secret=secret)
     return resolved
+
+
+def _expand(value: str, environ: Mapping[str, str], secrets: list[str], where: str) -> str:
+    """`value` with each `${VAR}` read from the environment (and noted in `secrets`)."""
+
+    def variable(match: re.Match[str]) -> str:
+        found = environ.get(match[1])
+        if not found:
+            raise ConfigError(f"{where} needs ${match[1]}, which is not set")
+        secrets.append(found)
+        return found
+
+    return re.sub(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}", variable, value)
 
 
 @attrs.define
