@@ -37,6 +37,7 @@ from runtime.memory_api import MemoryApi
 from runtime.metrics import Metrics
 from runtime.session import Job, SessionActor, SessionServices, TurnLimits
 from runtime.tools import ToolExecutor, ToolRegistry, builtin_tools
+from runtime.tools.catalogue import search_tool
 
 if TYPE_CHECKING:
     from runtime.tools.mcp import McpServers
@@ -139,7 +140,9 @@ class Runtime:
         self._sessions = (
             RateLimiter(config.session_rate_per_minute) if config.session_rate_per_minute else None
         )
-        tools = ToolRegistry(builtin_tools()) if tools is None else tools
+        if tools is None:
+            tools = ToolRegistry(builtin_tools())
+            tools.add(search_tool(tools))  # offered only when the tools outgrow the budget
         self.mcp: McpServers | None = None
         if config.mcp:  # the SDK is imported only for a bot that has MCP servers
             from runtime.tools.mcp import McpServers

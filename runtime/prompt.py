@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 
 import attrs
@@ -10,6 +9,7 @@ import attrs
 from runtime.botcore import HistoryEntry, Identity, Memory
 from runtime.llm import AssistantTurn, Message, ModelRequest, ToolSpec, UserText
 from runtime.tokens import TokenCounter
+from runtime.tools.catalogue import SEARCH, fit_tools, tools_text
 
 
 def system_prompt(identity: Identity) -> str:
@@ -89,18 +89,21 @@ def build_request(
 ) -> tuple[ModelRequest, PromptTokens]:
     """The request for one turn, fitted into `budget` tokens: identity first, the tools'
     definitions, then the most relevant memories (up to half of what is left), then the most
-    recent history, and older history as a short running summary. Only a budget too small
-    for identity and tools costs tools (the last ones, reported in `tools_left_out`)."""
+    recent history, and older history as a short running summary. When all the tools'
+    definitions would take too much, those most relevant to `text` go in full and the others
+    by name in a catalogue the model can search (see `runtime.tools.catalogue`). Only a
+    budget too small for identity and tools costs tools (the last ones, in `tools_left_out`)."""
     count = counter.count
     system = system_prompt(identity)
     if count(system) > budget:  # an identity larger than the budget is cut, the budget kept
         system = counter.truncate(system, budget)
     identity_tokens = count(system)
     left = budget - identity_tokens
-    fitted = list(tools)
-    while fitted and count(_tools_text(tuple(fitted))) > left:
-        fitted.pop()  # the last tools are dropped when even they do not fit
-    tool_tokens = count(_tools_text(tuple(fitted))) if fitted else 0
+    fitted, more = fit_tools(tools, text, left, count)
+    tool_tokens = count(_tools_text(fitted)) if fitted else 0
+    if more:  # the catalogue of the tools not sent: stable, so it goes with the system prompt
+        system = f"{system}\n\n{counter.truncate(more, max(0, (left - tool_tokens) // 3))}"
+        tool_tokens = count(system) - identity_tokens + count(_tools_text(fitted))
     left -= tool_tokens
 
     chosen: list[Memory] = []
@@ -146,7 +149,7 @@ def build_request(
         system=system,
         context=context,
         messages=tuple(messages),
-        tools=tuple(fitted),
+        tools=fitted,
         max_tokens=max_tokens,
     )
     return request, PromptTokens(
@@ -159,7 +162,9 @@ def build_request(
         message=count(text) + MESSAGE_OVERHEAD,
         memories_left_out=len(memories) - len(chosen),
         history_left_out=len(older),
-        tools_left_out=len(tools) - len(fitted),
+        tools_left_out=len({t.name for t in tools} - {t.name for t in fitted} - {SEARCH})
+        if not more
+        else 0,
     )
 
 
@@ -170,21 +175,5 @@ def _summary(older: Sequence[HistoryEntry]) -> str:
 
 
 def _tools_text(tools: tuple[ToolSpec, ...]) -> str:
-    """The tools as a provider sends them, to count; the same tool set every turn, so kept."""
-    key = tuple(t.name for t in tools)
-    text = _TOOLS_TEXT.get(key)
-    if text is None:
-        text = _TOOLS_TEXT[key] = _dump_tools(tools)
-    return text
-
-
-_TOOLS_TEXT: dict[tuple[str, ...], str] = {}
-
-
-def _dump_tools(tools: tuple[ToolSpec, ...]) -> str:
-    return json.dumps(
-        [
-            {"name": t.name, "description": t.description, "input_schema": t.parameters}
-            for t in tools
-        ]
-    )
+    """The tools as a provider sends them, to count."""
+    return tools_text(tools)

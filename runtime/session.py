@@ -31,6 +31,7 @@ from runtime.llm import (
     ToolCall,
     ToolResult,
     ToolResults,
+    ToolSpec,
     Usage,
 )
 from runtime.logs import Redactor
@@ -38,6 +39,7 @@ from runtime.metrics import Metrics
 from runtime.prompt import PromptTokens, build_request
 from runtime.tokens import TokenCounter
 from runtime.tools import ToolContext, ToolExecutor, ToolRegistry
+from runtime.tools.catalogue import loaded
 
 log = logging.getLogger("runtime.session")
 
@@ -140,6 +142,8 @@ class ModelAnswered:
 @attrs.frozen
 class ToolsFinished:
     results: tuple[ToolResult, ...]
+    loaded: tuple[ToolSpec, ...] = ()
+    """Definitions `tool_search` loaded: the model may call them from its next answer on."""
 
 
 @attrs.frozen
@@ -237,10 +241,13 @@ def step(turn: Turn, event: Event, limits: TurnLimits) -> tuple[Turn, Effect | N
             ), CallModel(request)
         case Phase.CALLING_MODEL, ModelAnswered(response):
             return _answered(turn, response, limits)
-        case Phase.DISPATCHING_TOOLS, ToolsFinished(results):
+        case Phase.DISPATCHING_TOOLS, ToolsFinished(results, loaded):
             assert turn.request is not None
+            offered = {spec.name for spec in turn.request.tools}
             request = attrs.evolve(
-                turn.request, messages=(*turn.request.messages, ToolResults(results))
+                turn.request,
+                messages=(*turn.request.messages, ToolResults(results)),
+                tools=(*turn.request.tools, *(s for s in loaded if s.name not in offered)),
             )
             return turn.to(
                 Phase.CALLING_MODEL,
@@ -471,7 +478,7 @@ class SessionActor:
                     f"had {len(calls)}; call the rest again in the next answer if still needed"
                 )
                 results += [ToolResult(c.id, c.name, skipped, True) for c in calls[cap:]]
-                return ToolsFinished(tuple(results))
+                return ToolsFinished(tuple(results), loaded(services.tools, calls, results))
             case Store(text, reply):
                 reply = _timed(reply, started)
                 await services.inbox.complete(
