@@ -3,8 +3,10 @@ failure cases, and one over streamable HTTP, all driven through the running bot.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
@@ -21,9 +23,12 @@ from mcp.server.mcpserver import MCPServer
 from adapters import Inbound, Reply
 from adapters.http import HttpResponder
 from runtime.app import Runtime
+from runtime.botcore import Bot
 from runtime.config import Config, ConfigError, McpServerSettings
 from runtime.testing import FakeLLM, Text, ToolUse, local_config, open_runtime, serve_bot
 from runtime.testing.waiting import wait_until
+from runtime.tools import ToolContext, ToolRegistry
+from runtime.tools.mcp import Backoff, McpServers
 
 ROOT = Path(__file__).parents[2]
 SERVERS = ROOT / ".venv-mcp" / "bin"
@@ -239,3 +244,33 @@ def test_a_bad_mcp_table_is_refused_with_what_to_fix(
     with pytest.raises(ConfigError, match="MCP server") as refused:
         Config.load({}, workspace=workspace)
     assert problem in str(refused.value)
+
+
+async def test_a_server_that_stops_answering_pings_is_replaced(workspace: Path) -> None:
+    registry = ToolRegistry()
+    servers = McpServers(
+        {"flaky": FLAKY},
+        registry,
+        workspace=workspace,
+        timeout=2,
+        ping_every=0.2,
+        backoff=Backoff(first=0.1),
+    )
+    async with trio.open_nursery() as nursery:
+        with trio.fail_after(20):
+            await nursery.start(servers.run)
+        tool = registry.get("flaky__pid")
+        assert tool is not None
+        context = ToolContext(await Bot.open(workspace), "s")
+        async with context.bot:
+            first = int(await tool.handler(context, {}))
+            os.kill(first, signal.SIGSTOP)  # alive, but answers nothing
+            try:
+                await wait_until(lambda: servers.statistics()[0].restarts >= 1, within=20)
+                await wait_until(lambda: servers.statistics()[0].connected, within=20)
+                second = int(await tool.handler(context, {}))
+            finally:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(first, signal.SIGKILL)
+        nursery.cancel_scope.cancel()
+    assert second != first
