@@ -455,12 +455,17 @@ class Runtime:
         if problem is not None:
             return 503, {"status": "unavailable", "model": self.provider.name, "reason": problem}
         stats = self.registry.statistics()
-        return 200, {
+        body: dict[str, Any] = {
             "status": "ok",
             "model": self.provider.name,
             "sessions": stats.live,
             "queued": stats.queued,
         }
+        if self.mcp is not None:  # a server down leaves the bot ready; the log says why
+            body["mcp"] = {
+                s.name: "connected" if s.connected else "down" for s in self.mcp.statistics()
+            }
+        return 200, body
 
 
 def model_summary(provider: Provider, limiter: trio.CapacityLimiter) -> Summarize | None:

@@ -169,8 +169,10 @@ async def test_a_server_that_cannot_start_leaves_the_rest_of_the_bot_working(
         assert runtime.mcp is not None
         (status,) = runtime.mcp.statistics()
         reply = await ask(runtime, "remember the bot started anyway")
+        health = await runtime.health()
     assert not status.connected and status.problem and "no-such-server" in status.problem
     assert reply == "Got it, I'll remember that."
+    assert health[0] == 200 and health[1]["mcp"] == {"gone": "down"}
 
 
 ASGIApp = Callable[[MutableMapping[str, Any], Any, Any], Awaitable[None]]
