@@ -36,10 +36,18 @@ FLAKY = McpServerSettings(
     command=sys.executable, args=[str(ROOT / "tests" / "data" / "mcp_flaky_server.py")]
 )
 
-needs_servers = pytest.mark.skipif(
-    not (SERVERS / "mcp-server-git").exists(),
-    reason="the real MCP servers are installed by scripts/test into .venv-mcp",
-)
+
+
+@pytest.fixture
+def real_servers() -> Path:
+    """Installed by scripts/test. Missing, the test fails: a skip would let a fresh machine
+    pass without ever talking to a real MCP server."""
+    if not (SERVERS / "mcp-server-git").exists():
+        pytest.fail("the real MCP servers are missing: scripts/test installs them into .venv-mcp")
+    return SERVERS
+
+
+needs_servers = pytest.mark.usefixtures("real_servers")
 
 
 async def ask(runtime: Runtime, text: str, session: str = "s") -> str:
