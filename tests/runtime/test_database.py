@@ -81,3 +81,59 @@ async def test_no_call_is_lost_when_batching_stops_at_any_moment(tmp_path: Path)
             await finished.wait()
     assert await db.run(lambda c: c.execute("SELECT count(*) FROM t").fetchone()[0]) == 60
     await db.aclose()
+
+
+async def test_a_batch_commits_once_and_every_answered_write_is_on_disk(tmp_path: Path) -> None:
+    db = await Database.open(tmp_path / "t.db")
+    await db.run(lambda c: c.execute("CREATE TABLE t (n INTEGER UNIQUE)"))
+    before = db.commits
+    other = sqlite3.connect(tmp_path / "t.db")
+    seen_on_disk: list[bool] = []
+
+    async def insert(n: int) -> None:
+        try:
+            await db.run(lambda c: c.execute("INSERT INTO t VALUES (?)", (n % 50,)))
+        except sqlite3.IntegrityError:
+            return
+        # Answered: another connection (another process, after a crash) already sees it.
+        row = other.execute("SELECT count(*) FROM t WHERE n = ?", (n % 50,)).fetchone()
+        seen_on_disk.append(row[0] == 1)
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(db.serve_batches)
+        async with trio.open_nursery() as callers:
+            for n in range(100):
+                callers.start_soon(insert, n)
+        nursery.cancel_scope.cancel()
+    assert len(seen_on_disk) == 50 and all(seen_on_disk)
+    assert db.commits - before == db.batches < 20  # not one commit per call
+    other.close()
+    await db.aclose()
+
+
+async def test_a_call_that_fails_rolls_back_its_own_writes_only(tmp_path: Path) -> None:
+    db = await Database.open(tmp_path / "t.db")
+    await db.run(lambda c: c.execute("CREATE TABLE t (n INTEGER)"))
+
+    def half_then_fail(c: sqlite3.Connection) -> None:
+        c.execute("INSERT INTO t VALUES (666)")
+        raise ValueError("changed my mind")
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(db.serve_batches)
+
+        async def expect_failure() -> None:
+            with pytest.raises(ValueError, match="changed my mind"):
+                await db.run(half_then_fail)
+
+        async with trio.open_nursery() as callers:
+            for n in range(3):
+                callers.start_soon(
+                    db.run, lambda c, n=n: c.execute("INSERT INTO t VALUES (?)", (n,))
+                )
+            callers.start_soon(expect_failure)
+            callers.start_soon(db.run, lambda c: c.execute("INSERT INTO t VALUES (3)"))
+        nursery.cancel_scope.cancel()
+    rows = await db.run(lambda c: c.execute("SELECT n FROM t ORDER BY n").fetchall())
+    assert rows == [(0,), (1,), (2,), (3,)]
+    await db.aclose()
