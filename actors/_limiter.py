@@ -57,6 +57,8 @@ class AdaptiveLimiter:
         # The number of the last admission the far end's budget allows, until `_budget_until`.
         self._last_allowed = math.inf
         self._budget_until = -math.inf
+        self._per_window: int | None = None
+        self._window = 0.0
         self._queue: list[trio.Event] = []
         self._changed = trio.Event()
 
@@ -119,13 +121,23 @@ class AdaptiveLimiter:
         self._paused_until = max(self._paused_until, trio.current_time() + max(0.0, seconds))
         self._notify()
 
-    def budget(self, remaining: int, reset_in: float, slot: Slot | None = None) -> None:
+    def budget(
+        self,
+        remaining: int,
+        reset_in: float,
+        slot: Slot | None = None,
+        *,
+        per_window: int | None = None,
+    ) -> None:
         """The far end takes `remaining` more calls until its window resets in `reset_in` s,
         as it said when `slot`'s call reached it: the calls admitted after that one count
-        against `remaining` too."""
+        against `remaining` too. With `per_window` (its whole budget), the next window is
+        assumed to hold that many, so its start is no burst of every waiting call."""
         told_at = slot.number if slot is not None else self._admitted
         last, until = told_at + max(0, remaining), trio.current_time() + max(0.0, reset_in)
         self._last_allowed, self._budget_until = last, until
+        self._per_window = per_window
+        self._window = max(self._window, reset_in)
         self._notify()
 
     def statistics(self) -> LimiterStatistics:
@@ -152,6 +164,11 @@ class AdaptiveLimiter:
         return 0.0
 
     def _spent(self) -> bool:
+        now = trio.current_time()
+        if now >= self._budget_until and self._per_window is not None and self._window > 0:
+            # A new window (not yet heard of): as large as the last one said.
+            self._last_allowed = self._admitted + self._per_window
+            self._budget_until = now + self._window
         return self._admitted >= self._last_allowed
 
     def _notify(self) -> None:

@@ -104,7 +104,6 @@ class Runtime:
             tools=tools,
             executor=ToolExecutor(tools, timeout=config.tool_timeout_seconds),
             inbox=self.inbox,
-            model_limiter=trio.CapacityLimiter(config.model_concurrency),
             metrics=self.metrics,
             limits=TurnLimits(
                 max_tool_rounds=config.max_tool_rounds,
@@ -143,7 +142,7 @@ class Runtime:
         self._accepting = False
         self._closing = False
         self._background = trio.CancelScope()
-        self.summarize = model_summary(provider, self.services.model_limiter)
+        self.summarize = model_summary(provider)
 
     @property
     def accepting(self) -> bool:
@@ -318,8 +317,11 @@ class Runtime:
         }
 
 
-def model_summary(provider: Provider, limiter: trio.CapacityLimiter) -> Summarize | None:
-    """Consolidation summarizes episodes with the model, when there is a real one."""
+def model_summary(
+    provider: Provider, limiter: trio.CapacityLimiter | None = None
+) -> Summarize | None:
+    """Consolidation summarizes episodes with the model, when there is a real one (at most
+    `limiter`'s calls at once, besides the provider's own limit)."""
     if provider.name == "offline":
         return None
 
@@ -334,8 +336,11 @@ def model_summary(provider: Provider, limiter: trio.CapacityLimiter) -> Summariz
             messages=(UserText("\n".join(episodes)),),
             max_tokens=400,
         )
-        async with limiter:
+        if limiter is None:
             response = await provider.complete(request)
+        else:
+            async with limiter:
+                response = await provider.complete(request)
         if not response.text.strip():
             raise ValueError("the model's summary was empty")
         return response.text.strip()

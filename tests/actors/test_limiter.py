@@ -53,7 +53,7 @@ async def client(
             while True:
                 accepted, remaining, reset_in = await server.call()
                 if server.headers:
-                    limiter.budget(remaining, reset_in, slot)
+                    limiter.budget(remaining, reset_in, slot, per_window=server.per_window)
                 if accepted:
                     break
                 if feedback:
