@@ -32,6 +32,7 @@ from runtime.llm.select import choose_models, open_provider
 from runtime.memory_api import MemoryApi
 from runtime.metrics import Metrics
 from runtime.session import Job, SessionActor, SessionServices, TurnLimits
+from runtime.tokens import TokenCounter
 from runtime.tools import ToolExecutor, ToolRegistry, builtin_tools
 
 log = logging.getLogger("runtime")
@@ -110,6 +111,8 @@ class Runtime:
                 prompt_token_budget=config.prompt_token_budget,
             ),
             turn_timeout=config.turn_timeout_seconds,
+            # Exact counts need tiktoken's 47 MiB of ranks: only for OpenAI's models.
+            tokens=TokenCounter(exact="openai:" in provider.name),
         )
         self.registry: Registry[str, Job] = Registry(
             lambda key: SessionActor(key, self.services),
@@ -121,6 +124,12 @@ class Runtime:
         statistics = self.registry.statistics
         self.metrics.gauge(
             "botcore_sessions_live", "Session actors alive.", lambda: statistics().live
+        )
+        self.metrics.gauge("botcore_db_calls", "Database calls since start.", lambda: bot.db.calls)
+        self.metrics.gauge(
+            "botcore_db_commits",
+            "Database commits since start (a batch of calls shares one).",
+            lambda: bot.db.commits,
         )
         self.metrics.gauge(
             "botcore_mailbox_depth",

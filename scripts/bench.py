@@ -324,6 +324,10 @@ def _sustained_once(args: argparse.Namespace) -> list[tuple[float, float, float]
 
         trio.run(_drive_texts, url, texts, answered, errors, not offline)
         violations = order_violations(workspace, texts)
+        counts = _metrics(url, "botcore_db_calls", "botcore_db_commits")
+    if counts:
+        calls, commits = (counts[name] / (total + 8) for name in sorted(counts))
+        print(f"  database per message: {calls:.2f} calls, {commits:.2f} commits", flush=True)
     for error in errors[:3]:
         print("  error:", error, file=sys.stderr)
     if errors or violations:
@@ -335,6 +339,17 @@ def _sustained_once(args: argparse.Namespace) -> list[tuple[float, float, float]
         tenth = [latency for mark, latency in latencies if mark == t]
         tenths.append((per_tenth / (t1 - t0), (c1 - c0) / per_tenth * 1000, percentile(tenth, 99)))
     return tenths
+
+
+def _metrics(url: str, *names: str) -> dict[str, float]:
+    """Those of `names` that the runtime's /metrics reports."""
+    text = httpx2.get(f"{url}/metrics", headers={"Authorization": f"Bearer {TOKEN}"}).text
+    found = {}
+    for line in text.splitlines():
+        name, _, value = line.partition(" ")
+        if name in names:
+            found[name] = float(value)
+    return found
 
 
 def cpu_seconds(pid: int) -> float:

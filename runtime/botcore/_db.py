@@ -132,6 +132,7 @@ class Database:
         pending = _Call(call)
         if self._queue is None:
             await trio.to_thread.run_sync(self._execute, [pending], limiter=self._limiter)
+            self.calls += 1
             self.commits += 1
         else:
             self._queue.send_nowait(pending)
