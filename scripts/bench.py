@@ -87,11 +87,14 @@ def fake_model(delay_ms: float) -> Iterator[str]:
 
 @contextmanager
 def runtime(
-    model_url: str | None, provider: str = "anthropic", **env: str
+    model_url: str | None, provider: str = "anthropic", prefill: int = 0, **env: str
 ) -> Iterator[tuple[subprocess.Popen[bytes], str, Path]]:
-    """`botcorebot serve` on a copy of the demo bot; yields (process, url, workspace)."""
+    """`botcorebot serve` on a copy of the demo bot, which remembers `prefill` earlier
+    exchanges; yields (process, url, workspace)."""
     workspace = Path(tempfile.mkdtemp(prefix="botcore-bench-")) / "bot"
     shutil.copytree(DEMO, workspace)
+    if prefill:
+        _fill_episodes(workspace / "engram.db", prefill)
     port = free_port()
     environ = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")}
     environ |= {
@@ -277,7 +280,7 @@ def sustained(args: argparse.Namespace) -> None:
     for n, tenths in enumerate(runs, start=1):
         table(
             f"sustained run {n}/{len(runs)}: {args.sessions} sessions x {args.messages} messages,"
-            f" {args.model}, model delay {args.delay_ms:g} ms",
+            f" {args.model}, model delay {args.delay_ms:g} ms, {args.prefill:,} episodes to start",
             [
                 (
                     f"tenth {t + 1}",
@@ -288,9 +291,14 @@ def sustained(args: argparse.Namespace) -> None:
         )
     ratios = [tenths[-1][0] / tenths[0][0] for tenths in runs]
     cpu = [tenths[-1][1] / tenths[0][1] for tenths in runs]
+    overall = [statistics.mean(tenth[1] for tenth in tenths) for tenths in runs]
     table(
         "sustained: last tenth against the first (median of runs)",
         [
+            (
+                "CPU per message, whole run",
+                f"{statistics.median(overall):.2f} ms (runs: {', '.join(f'{c:.2f}' for c in overall)})",
+            ),
             (
                 "throughput, last / first",
                 f"{statistics.median(ratios):.0%} (runs: {', '.join(f'{r:.0%}' for r in ratios)})",
@@ -308,11 +316,19 @@ def _sustained_once(args: argparse.Namespace) -> list[tuple[float, float, float]
     total = args.sessions * args.messages
     rng = random.Random(7)
     texts = [[_utterance(rng) for _ in range(args.messages)] for _ in range(args.sessions)]
+    early = [[_utterance(rng) for _ in range(args.warmup)] for _ in range(args.sessions)]
     with (
         fake_model(args.delay_ms) as model_url,
-        runtime(None if offline else model_url, args.model) as (process, url, workspace),
+        runtime(None if offline else model_url, args.model, args.prefill) as (
+            process,
+            url,
+            workspace,
+        ),
     ):
         trio.run(drive, url, 4, 2, [], [], "warmup", 0.0, not offline)
+        # Each session's history first fills the prompt's window (40 entries), so the tenths
+        # compare turns of one size and what changes is only how much the bot remembers.
+        trio.run(_drive_texts, url, early, lambda _: None, [], not offline)
         marks: list[tuple[float, float]] = [(time.perf_counter(), cpu_seconds(process.pid))]
         latencies: list[tuple[int, float]] = []
         errors: list[str] = []
@@ -323,10 +339,11 @@ def _sustained_once(args: argparse.Namespace) -> list[tuple[float, float, float]
                 marks.append((time.perf_counter(), cpu_seconds(process.pid)))
 
         trio.run(_drive_texts, url, texts, answered, errors, not offline)
-        violations = order_violations(workspace, texts)
+        violations = order_violations(workspace, [a + b for a, b in zip(early, texts, strict=True)])
         counts = _metrics(url, "botcore_db_calls", "botcore_db_commits")
     if counts:
-        calls, commits = (counts[name] / (total + 8) for name in sorted(counts))
+        answered = total + 8 + args.sessions * args.warmup
+        calls, commits = (counts[name] / answered for name in sorted(counts))
         print(f"  database per message: {calls:.2f} calls, {commits:.2f} commits", flush=True)
     for error in errors[:3]:
         print("  error:", error, file=sys.stderr)
@@ -670,6 +687,29 @@ def _sentence(rng: random.Random) -> str:
     return " ".join(rng.choices(_VOCABULARY, weights=_WEIGHTS, k=rng.randint(8, 16)))
 
 
+def _fill_episodes(path: Path, count: int) -> None:
+    """`count` episodes of earlier chats (the runtime's own form), spread over a year."""
+    from runtime.botcore._db import _connect
+
+    connection = _connect(path)
+    rng = random.Random(13)
+    now = time.time()
+    rows = []
+    for _ in range(count):
+        said = _utterance(rng)
+        created = now - rng.random() * 365 * 86_400
+        episode = f"User said: {said} | I answered: ok: {said}"
+        rows.append((episode, "episodic", 0.3, "{}", created, created, 0))
+    rows.sort(key=lambda row: row[4])
+    with connection:
+        connection.executemany(
+            "INSERT INTO memories (content, type, importance, metadata, created_at,"
+            " accessed_at, access_count) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            rows,
+        )
+    connection.close()
+
+
 def _filled(path: Path, count: int, fills: Path | None) -> None:
     """`_fill`, or a copy of the same fill kept in `fills` by an earlier run (filling a
     million memories takes minutes)."""
@@ -831,6 +871,12 @@ def main() -> None:
         "--model", choices=["anthropic", "openai", "offline"], default="anthropic"
     )
     sustained_cmd.add_argument("--repeat", type=int, default=1)
+    sustained_cmd.add_argument(
+        "--warmup", type=int, default=20, help="messages per session before the measured run"
+    )
+    sustained_cmd.add_argument(
+        "--prefill", type=int, default=0, help="episodes of earlier chats the bot starts with"
+    )
     cold_cmd = commands.add_parser("coldstart", help="process start to the first 200")
     cold_cmd.add_argument("--runs", type=int, default=5)
     idle_cmd = commands.add_parser(

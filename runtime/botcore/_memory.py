@@ -318,10 +318,10 @@ def _memory(row: tuple[Any, ...], now: float) -> Memory:
     )
 
 
-COMMON = 500
+COMMON = 400
 """A word in more memories than this is common: BM25 would score every one of them, so recall
 leaves it out of the ranked search (it is worth little there anyway: its IDF is low)."""
-RANKED_BUDGET = 2000
+RANKED_BUDGET = 800
 """How many matching memories the ranked search may score in all, rarest words first: this
 bounds a recall's cost however many memories the bot has."""
 
