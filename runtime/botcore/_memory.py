@@ -324,6 +324,9 @@ leaves it out of the ranked search (it is worth little there anyway: its IDF is 
 RANKED_BUDGET = 800
 """How many matching memories the ranked search may score in all, rarest words first: this
 bounds a recall's cost however many memories the bot has."""
+_SEARCHED_TERMS = 64
+"""The words of a query that are searched (the first ones): a pasted page stays one bounded
+statement (SQLite allows 500 SELECTs in a compound one)."""
 
 
 def _candidates(
@@ -337,6 +340,7 @@ def _candidates(
     alone takes the newest memories that contain any of them, ranked by how many they contain.
     """
     where = f" AND m.type IN ({', '.join('?' * len(kinds))})" if kinds else ""
+    terms = terms[:_SEARCHED_TERMS]
     probe = " UNION ALL ".join(
         f"SELECT {n}, count(*) FROM (SELECT rowid FROM memories_fts"
         f" WHERE memories_fts MATCH ? LIMIT {COMMON + 1})"

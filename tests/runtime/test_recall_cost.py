@@ -96,3 +96,11 @@ async def test_a_type_filter_still_applies_to_a_common_word_query(bot: Bot) -> N
     found = await bot.memory.recall("hello there", types=["factual"])
     assert [m.id for m in found] == [fact]
     assert all(m.type == "episodic" for m in await bot.memory.recall("hello", types=["episodic"]))
+
+
+async def test_a_query_as_long_as_a_pasted_page_is_still_answered(bot: Bot) -> None:
+    await bot.memory.store("the spare key is under the blue flowerpot")
+    page = " ".join(f"word{n}" for n in range(1_000))
+    assert await bot.memory.recall(page) == []
+    (found,) = await bot.memory.recall("spare key " + page)
+    assert "flowerpot" in found.content
