@@ -170,39 +170,42 @@ class Database:
             pending.done.set()
 
     def _execute(self, batch: list[_Call[Any]]) -> None:
-        """Run `batch` in one transaction, each call in its own savepoint, and commit."""
+        """Run `batch` in one transaction, each call in its own savepoint, and commit. Every
+        call ends with a result: its value only once the commit holds it."""
         db = self._connection
         uncommitted: list[_Call[Any]] = []
-        for pending in batch:
-            if not db.in_transaction:
-                db.execute("BEGIN")
-            db.execute("SAVEPOINT call")
-            try:
-                value = pending.call(db)
-            except BaseException as exc:  # handed to its caller by `outcome`, not swallowed
-                pending.result = outcome.Error(exc)
-                if db.in_transaction:
-                    db.execute("ROLLBACK TO call")
-                    db.execute("RELEASE call")
-                else:
-                    # SQLite rolled the whole transaction back (disk full, I/O error): the
-                    # calls before this one in it are lost too.
-                    for earlier in uncommitted:
-                        earlier.result = outcome.Error(exc)
-                    uncommitted.clear()
-            else:
-                db.execute("RELEASE call")
-                pending.result = outcome.Value(value)
-                uncommitted.append(pending)
-        if not db.in_transaction:
-            return
         try:
-            db.execute("COMMIT")
-        except sqlite3.Error as exc:
+            for pending in batch:
+                if not db.in_transaction:
+                    db.execute("BEGIN")
+                db.execute("SAVEPOINT call")
+                try:
+                    value = pending.call(db)
+                except BaseException as exc:  # handed to its caller by `outcome`, not swallowed
+                    pending.result = outcome.Error(exc)
+                    if db.in_transaction:
+                        db.execute("ROLLBACK TO call")
+                        db.execute("RELEASE call")
+                    else:
+                        # SQLite rolled the whole transaction back (disk full, I/O error):
+                        # the calls before this one in it are lost too.
+                        for earlier in uncommitted:
+                            earlier.result = outcome.Error(exc)
+                        uncommitted.clear()
+                else:
+                    db.execute("RELEASE call")
+                    pending.result = outcome.Value(value)
+                    uncommitted.append(pending)
             if db.in_transaction:
-                db.execute("ROLLBACK")
-            for pending in uncommitted:
-                pending.result = outcome.Error(exc)
+                db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            # The transaction's own statements failed (BEGIN, a savepoint, COMMIT): none of
+            # its writes hold, and the calls not run yet fail with the same error.
+            if db.in_transaction:
+                db.rollback()
+            for pending in batch:
+                if pending.result is None or pending in uncommitted:
+                    pending.result = outcome.Error(exc)
 
     async def aclose(self) -> None:
         await trio.to_thread.run_sync(self._connection.close, limiter=self._limiter)

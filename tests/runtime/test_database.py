@@ -138,3 +138,24 @@ async def test_a_call_that_fails_rolls_back_its_own_writes_only(tmp_path: Path) 
     rows = await db.run(lambda c: c.execute("SELECT n FROM t ORDER BY n").fetchall())
     assert rows == [(0,), (1,), (2,), (3,)]
     await db.aclose()
+
+
+async def test_a_write_refused_by_another_writers_lock_fails_alone_and_leaves_no_transaction(
+    tmp_path: Path,
+) -> None:
+    db = await Database.open(tmp_path / "t.db")
+    await db.run(lambda c: c.execute("CREATE TABLE t (n INTEGER)"))
+    # Another process holds the write lock past the busy timeout.
+    await db.run(lambda c: c.execute("PRAGMA busy_timeout=50"))
+    other = sqlite3.connect(tmp_path / "t.db", isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    try:
+        with pytest.raises(sqlite3.OperationalError, match="locked"):
+            await db.run(lambda c: c.execute("INSERT INTO t VALUES (1)"))
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    assert await db.run(lambda c: c.execute("SELECT count(*) FROM t").fetchone()[0]) == 0
+    await db.run(lambda c: c.execute("INSERT INTO t VALUES (2)"))  # and the next one works
+    assert await db.run(lambda c: c.execute("SELECT n FROM t").fetchall()) == [(2,)]
+    await db.aclose()
