@@ -36,6 +36,7 @@ from runtime.logs import Redactor
 from runtime.memory_api import MemoryApi
 from runtime.metrics import Metrics
 from runtime.session import Job, SessionActor, SessionServices, TurnLimits
+from runtime.tokens import TokenCounter
 from runtime.tools import ToolExecutor, ToolRegistry, builtin_tools
 from runtime.tools.catalogue import search_tool
 
@@ -164,7 +165,6 @@ class Runtime:
                 concurrency=config.tool_concurrency,
             ),
             inbox=self.inbox,
-            model_limiter=trio.CapacityLimiter(config.model_concurrency),
             metrics=self.metrics,
             limits=TurnLimits(
                 max_tool_rounds=config.max_tool_rounds,
@@ -180,6 +180,8 @@ class Runtime:
             ),
             tasks=TaskGraph(bot.workspace, limiter=tool_threads),
             redact=redact,
+            # Exact counts need tiktoken's 47 MiB of ranks: only for OpenAI's models.
+            tokens=TokenCounter(exact="openai:" in provider.name),
         )
         self.registry: Registry[str, SessionMessage] = Registry(
             lambda key: _Session(key, self.services),
@@ -191,6 +193,12 @@ class Runtime:
         statistics = self.registry.statistics
         self.metrics.gauge(
             "botcore_sessions_live", "Session actors alive.", lambda: statistics().live
+        )
+        self.metrics.gauge("botcore_db_calls", "Database calls since start.", lambda: bot.db.calls)
+        self.metrics.gauge(
+            "botcore_db_commits",
+            "Database commits since start (a batch of calls shares one).",
+            lambda: bot.db.commits,
         )
         self.metrics.gauge(
             "botcore_mailbox_depth",
@@ -214,7 +222,7 @@ class Runtime:
         self._accepting = False
         self._closing = False
         self._background = trio.CancelScope()
-        self.summarize = model_summary(provider, self.services.model_limiter)
+        self.summarize = model_summary(provider)
 
     @property
     def accepting(self) -> bool:
@@ -468,8 +476,11 @@ class Runtime:
         return 200, body
 
 
-def model_summary(provider: Provider, limiter: trio.CapacityLimiter) -> Summarize | None:
-    """Consolidation summarizes episodes with the model, when there is a real one."""
+def model_summary(
+    provider: Provider, limiter: trio.CapacityLimiter | None = None
+) -> Summarize | None:
+    """Consolidation summarizes episodes with the model, when there is a real one (at most
+    `limiter`'s calls at once, besides the provider's own limit)."""
     if provider.name == "offline":
         return None
 
@@ -484,8 +495,11 @@ def model_summary(provider: Provider, limiter: trio.CapacityLimiter) -> Summariz
             messages=(UserText("\n".join(episodes)),),
             max_tokens=400,
         )
-        async with limiter:
+        if limiter is None:
             response = await provider.complete(request)
+        else:
+            async with limiter:
+                response = await provider.complete(request)
         if not response.text.strip():
             raise ValueError("the model's summary was empty")
         return response.text.strip()

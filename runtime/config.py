@@ -129,7 +129,8 @@ class Config:
     max_tool_rounds: int = attrs.field(default=8, validator=_positive)
     prompt_token_budget: int = attrs.field(default=2000, validator=attrs.validators.ge(200))
     consolidate_every_seconds: float = attrs.field(default=3600.0, validator=attrs.validators.ge(0))
-    model_concurrency: int = attrs.field(default=16, validator=_positive)
+    model_concurrency: int = attrs.field(default=256, validator=_positive)
+    """The most calls to one provider at once; below it, the provider's answers set how many."""
     model_timeout_seconds: float = attrs.field(default=60.0, validator=_positive)
     model_max_retries: int = attrs.field(default=3, validator=attrs.validators.ge(0))
     turn_timeout_seconds: float = attrs.field(default=120.0, validator=_positive)

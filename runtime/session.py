@@ -310,7 +310,6 @@ class SessionServices:
     tools: ToolRegistry
     executor: ToolExecutor
     inbox: Inbox
-    model_limiter: trio.CapacityLimiter
     metrics: Metrics = attrs.field(factory=Metrics)
     limits: TurnLimits = TurnLimits()
     turn_timeout: float = 120.0
@@ -433,16 +432,15 @@ class SessionActor:
                     TextDelta(piece) if isinstance(piece, str) else piece
                 )
                 metrics = services.metrics
+                called = trio.current_time()
                 try:
-                    async with services.model_limiter:
-                        called = trio.current_time()
-                        try:
-                            response = await services.provider.complete(request, on_text=on_text)
-                        finally:
-                            metrics.model_latency.observe(trio.current_time() - called)
+                    # The provider limits its own calls at once (adaptively, for an SDK one).
+                    response = await services.provider.complete(request, on_text=on_text)
                 except ProviderError as exc:
                     metrics.model_retries.inc(exc.retries.count)
                     return EffectFailed(ReplyError("provider", str(exc)), exc.retries)
+                finally:
+                    metrics.model_latency.observe(trio.current_time() - called)
                 metrics.model_retries.inc(response.retries.count)
                 for kind, count in response.usage.as_dict().items():
                     metrics.tokens.inc(count, kind=kind.removesuffix("_tokens"))

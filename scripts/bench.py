@@ -4,6 +4,7 @@ separate processes on 127.0.0.1, driven over HTTP with httpx2. Every loop is bou
 
     .venv/bin/python scripts/bench.py load --sessions 100 --messages 20 --delay-ms 0
     .venv/bin/python scripts/bench.py load --sessions 1000 --messages 3 --delay-ms 200
+    .venv/bin/python scripts/bench.py sustained --sessions 100 --messages 150
     .venv/bin/python scripts/bench.py coldstart
     .venv/bin/python scripts/bench.py idle --sessions 10000
     .venv/bin/python scripts/bench.py memory --sizes 10000 100000 1000000
@@ -24,7 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -86,11 +87,14 @@ def fake_model(delay_ms: float) -> Iterator[str]:
 
 @contextmanager
 def runtime(
-    model_url: str | None, provider: str = "anthropic", **env: str
+    model_url: str | None, provider: str = "anthropic", prefill: int = 0, **env: str
 ) -> Iterator[tuple[subprocess.Popen[bytes], str, Path]]:
-    """`botcorebot serve` on a copy of the demo bot; yields (process, url, workspace)."""
+    """`botcorebot serve` on a copy of the demo bot, which remembers `prefill` earlier
+    exchanges; yields (process, url, workspace)."""
     workspace = Path(tempfile.mkdtemp(prefix="botcore-bench-")) / "bot"
     shutil.copytree(DEMO, workspace)
+    if prefill:
+        _fill_episodes(workspace / "engram.db", prefill)
     port = free_port()
     environ = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")}
     environ |= {
@@ -175,13 +179,12 @@ async def drive(
                 nursery.start_soon(session, n)
 
 
-def order_violations(workspace: Path, sessions: int, messages: int) -> int:
+def order_violations(workspace: Path, texts: list[list[str]]) -> int:
     """Sessions whose stored history is not in the order their messages were sent (a message
     that failed is an error, counted apart; the ones stored must still be in order)."""
     db = sqlite3.connect(workspace / "engram.db")
     bad = 0
-    for n in range(sessions):
-        sent = [f"s{n} m{m}" for m in range(messages)]
+    for n, sent in enumerate(texts):
         stored = [
             row[0]
             for row in db.execute(
@@ -248,7 +251,8 @@ def _load_once(args: argparse.Namespace) -> dict[str, float]:
         )
         elapsed = time.perf_counter() - started
         peak = rss_kib(process.pid, "VmHWM")
-        violations = order_violations(workspace, args.sessions, args.messages)
+        sent = [[f"s{n} m{m}" for m in range(args.messages)] for n in range(args.sessions)]
+        violations = order_violations(workspace, sent)
     for error in errors[:3]:
         print("  error:", error, file=sys.stderr)
     delay = args.delay_ms / 1000
@@ -265,6 +269,226 @@ def _load_once(args: argparse.Namespace) -> dict[str, float]:
         "violations": violations,
         "peak": peak,
     }
+
+
+def sustained(args: argparse.Namespace) -> None:
+    """A long run of varied messages: does throughput hold while memory and history grow?
+
+    Throughput and the runtime's CPU per message are reported per tenth of the run (tenths
+    of the messages answered), so the first and the last tenth compare within one run."""
+    runs = [_sustained_once(args) for _ in range(args.repeat)]
+    for n, tenths in enumerate(runs, start=1):
+        table(
+            f"sustained run {n}/{len(runs)}: {args.sessions} sessions x {args.messages} messages,"
+            f" {args.model}, model delay {args.delay_ms:g} ms, {args.prefill:,} episodes to start",
+            [
+                (
+                    f"tenth {t + 1}",
+                    f"{rate:6.1f} msg/s  {cpu:5.2f} ms CPU/msg  p99 {p99 * 1000:5.0f} ms",
+                )
+                for t, (rate, cpu, p99) in enumerate(tenths)
+            ],
+        )
+    ratios = [tenths[-1][0] / tenths[0][0] for tenths in runs]
+    cpu = [tenths[-1][1] / tenths[0][1] for tenths in runs]
+    overall = [statistics.mean(tenth[1] for tenth in tenths) for tenths in runs]
+    table(
+        "sustained: last tenth against the first (median of runs)",
+        [
+            (
+                "CPU per message, whole run",
+                f"{statistics.median(overall):.2f} ms (runs: {', '.join(f'{c:.2f}' for c in overall)})",
+            ),
+            (
+                "throughput, last / first",
+                f"{statistics.median(ratios):.0%} (runs: {', '.join(f'{r:.0%}' for r in ratios)})",
+            ),
+            (
+                "CPU per message, last / first",
+                f"{statistics.median(cpu):.0%} (runs: {', '.join(f'{r:.0%}' for r in cpu)})",
+            ),
+        ],
+    )
+
+
+def _sustained_once(args: argparse.Namespace) -> list[tuple[float, float, float]]:
+    offline = args.model == "offline"
+    total = args.sessions * args.messages
+    rng = random.Random(7)
+    texts = [[_utterance(rng) for _ in range(args.messages)] for _ in range(args.sessions)]
+    early = [[_utterance(rng) for _ in range(args.warmup)] for _ in range(args.sessions)]
+    with (
+        fake_model(args.delay_ms) as model_url,
+        runtime(None if offline else model_url, args.model, args.prefill) as (
+            process,
+            url,
+            workspace,
+        ),
+    ):
+        trio.run(drive, url, 4, 2, [], [], "warmup", 0.0, not offline)
+        # Each session's history first fills the prompt's window (40 entries), so the tenths
+        # compare turns of one size and what changes is only how much the bot remembers.
+        trio.run(_drive_texts, url, early, lambda _: None, [], not offline)
+        marks: list[tuple[float, float]] = [(time.perf_counter(), cpu_seconds(process.pid))]
+        latencies: list[tuple[int, float]] = []
+        errors: list[str] = []
+
+        def answered(latency: float) -> None:
+            latencies.append((len(marks) - 1, latency))
+            if len(latencies) % (total // 10) == 0 and len(marks) <= 10:
+                marks.append((time.perf_counter(), cpu_seconds(process.pid)))
+
+        trio.run(_drive_texts, url, texts, answered, errors, not offline)
+        violations = order_violations(workspace, [a + b for a, b in zip(early, texts, strict=True)])
+        counts = _metrics(url, "botcore_db_calls", "botcore_db_commits")
+    if counts:
+        answered = total + 8 + args.sessions * args.warmup
+        calls, commits = (counts[name] / answered for name in sorted(counts))
+        print(f"  database per message: {calls:.2f} calls, {commits:.2f} commits", flush=True)
+    for error in errors[:3]:
+        print("  error:", error, file=sys.stderr)
+    if errors or violations:
+        print(f"  {len(errors)} errors, {violations} order violations", file=sys.stderr)
+    tenths = []
+    per_tenth = total // 10
+    for t in range(len(marks) - 1):
+        (t0, c0), (t1, c1) = marks[t], marks[t + 1]
+        tenth = [latency for mark, latency in latencies if mark == t]
+        tenths.append((per_tenth / (t1 - t0), (c1 - c0) / per_tenth * 1000, percentile(tenth, 99)))
+    return tenths
+
+
+def _metrics(url: str, *names: str) -> dict[str, float]:
+    """Those of `names` that the runtime's /metrics reports."""
+    text = httpx2.get(f"{url}/metrics", headers={"Authorization": f"Bearer {TOKEN}"}).text
+    found = {}
+    for line in text.splitlines():
+        name, _, value = line.partition(" ")
+        if name in names:
+            found[name] = float(value)
+    return found
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def _drive_texts(
+    url: str,
+    texts: list[list[str]],
+    answered: Callable[[float], None],
+    errors: list[str],
+    expect_echo: bool,
+) -> None:
+    """One session per list of texts, each sending its texts one after another."""
+    limits = httpx2.Limits(max_connections=len(texts), max_keepalive_connections=len(texts))
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    async with httpx2.AsyncClient(limits=limits, timeout=120, headers=headers) as client:
+
+        async def session(n: int) -> None:
+            for text in texts[n]:
+                started = time.perf_counter()
+                try:
+                    response = await client.post(
+                        f"{url}/api/message", json={"message": text, "session_id": f"bench-{n}"}
+                    )
+                except httpx2.HTTPError as exc:
+                    errors.append(f"{type(exc).__name__}: {exc}")
+                    continue
+                answered(time.perf_counter() - started)
+                if response.status_code != 200:
+                    errors.append(f"HTTP {response.status_code}: {response.text[:100]}")
+                elif "error" in response.json() or (
+                    expect_echo and response.json()["message"] != f"ok: {text}"
+                ):
+                    errors.append(f"wrong answer for {text!r}: {response.json()['message'][:60]!r}")
+
+        async with trio.open_nursery() as nursery:
+            for n in range(len(texts)):
+                nursery.start_soon(session, n)
+
+
+_NAMES = [
+    "Ana",
+    "Theo",
+    "Sam",
+    "Leo",
+    "Mia",
+    "Noah",
+    "Zoe",
+    "Ravi",
+    "Ines",
+    "Tomás",
+    "Yuki",
+    "Omar",
+    "Lena",
+    "Jonas",
+    "Priya",
+    "Carlos",
+]
+_PLACES = ["Lisbon", "Porto", "the office", "the gym", "the park", "Berlin", "the market", "school"]
+_TOPICS = [
+    "the garden",
+    "the budget",
+    "our holiday",
+    "the new job",
+    "the car repair",
+    "dinner plans",
+    "the kids' school",
+    "the dentist",
+    "my back pain",
+    "the football match",
+    "a book I am reading",
+    "the wedding",
+    "taxes",
+    "the leaking roof",
+    "a birthday present",
+    "the piano lessons",
+    "the weather",
+    "the move",
+    "the dog",
+]
+_DAYS = [
+    "today",
+    "tomorrow",
+    "on Monday",
+    "on Friday",
+    "next week",
+    "this weekend",
+    "in March",
+    "tonight",
+]
+_TEMPLATES = [
+    "hello there, how are you {day}?",
+    "I met {name} at {place} and we talked about {topic}.",
+    "can you remind me about {topic} {day}?",
+    "what did {name} say about {topic}?",
+    "{name} is coming to {place} {day}, can you note that?",
+    "I am worried about {topic}, any thoughts?",
+    "thanks! by the way, {name} loved {topic}.",
+    "remember that {name} prefers {word} to {word2}.",
+    "we should plan {topic} with {name} {day}.",
+    "do you know where I left the notes on {topic}? maybe at {place}",
+    "ok",
+    "good morning!",
+    "tell me again what we decided about {topic}",
+    "{name} said the {word} at {place} was closed {day}, so {topic} moves to later.",
+]
+
+
+def _utterance(rng: random.Random) -> str:
+    """A chat message from templates and vocabularies: common words, names, and a long tail
+    of rare ones (Zipf-distributed pseudo-words)."""
+    return rng.choice(_TEMPLATES).format(
+        name=rng.choice(_NAMES),
+        place=rng.choice(_PLACES),
+        topic=rng.choice(_TOPICS),
+        day=rng.choice(_DAYS),
+        word=rng.choices(_VOCABULARY, weights=_WEIGHTS)[0],
+        word2=rng.choices(_VOCABULARY, weights=_WEIGHTS)[0],
+    )
 
 
 def coldstart(args: argparse.Namespace) -> None:
@@ -406,18 +630,21 @@ async def _memory(args: argparse.Namespace) -> None:
     for size in args.sizes:
         with tempfile.TemporaryDirectory(prefix="bench-memory-") as folder:
             started = time.perf_counter()
-            _fill(Path(folder) / "engram.db", size - len(labelled["memories"]))
+            _filled(Path(folder) / "engram.db", size - len(labelled["memories"]), args.fills)
             fill_s = time.perf_counter() - started
             async with await Bot.open(folder) as bot:
                 score = await score_recall(bot, k=5)  # adds the labelled memories: size in all
                 rng = random.Random(11)
                 queries = [q["question"] for q in labelled["questions"]]
                 queries += [" ".join(rng.choices(_VOCABULARY, k=3)) for _ in range(args.queries)]
-                recall_ms = []
-                for query in queries:
-                    t0 = time.perf_counter()
-                    await bot.memory.recall(query, limit=5)
-                    recall_ms.append((time.perf_counter() - t0) * 1000)
+                # Words from the head of the Zipf distribution: each is in 2-70% of the memories.
+                common = [" ".join(rng.choices(_VOCABULARY[:50], k=3)) for _ in range(args.queries)]
+                recall_ms, common_ms = [], []
+                for timings, asked in ((recall_ms, queries), (common_ms, common)):
+                    for query in asked:
+                        t0 = time.perf_counter()
+                        await bot.memory.recall(query, limit=5)
+                        timings.append((time.perf_counter() - t0) * 1000)
                 store_ms = []
                 for i in range(args.stores):
                     text = _sentence(rng) + f" #{i}"
@@ -432,6 +659,10 @@ async def _memory(args: argparse.Namespace) -> None:
                     (
                         "recall p50 / p99",
                         f"{percentile(recall_ms, 50):.2f} / {percentile(recall_ms, 99):.2f} ms ({len(recall_ms)} queries)",
+                    ),
+                    (
+                        "recall p50 / p99, common words",
+                        f"{percentile(common_ms, 50):.2f} / {percentile(common_ms, 99):.2f} ms ({len(common_ms)} queries)",
                     ),
                     (
                         "store p50 / p99",
@@ -454,6 +685,42 @@ _WEIGHTS = [1 / (rank + 1) for rank in range(len(_VOCABULARY))]
 
 def _sentence(rng: random.Random) -> str:
     return " ".join(rng.choices(_VOCABULARY, weights=_WEIGHTS, k=rng.randint(8, 16)))
+
+
+def _fill_episodes(path: Path, count: int) -> None:
+    """`count` episodes of earlier chats (the runtime's own form), spread over a year."""
+    from runtime.botcore._db import _connect
+
+    connection = _connect(path)
+    rng = random.Random(13)
+    now = time.time()
+    rows = []
+    for _ in range(count):
+        said = _utterance(rng)
+        created = now - rng.random() * 365 * 86_400
+        episode = f"User said: {said} | I answered: ok: {said}"
+        rows.append((episode, "episodic", 0.3, "{}", created, created, 0))
+    rows.sort(key=lambda row: row[4])
+    with connection:
+        connection.executemany(
+            "INSERT INTO memories (content, type, importance, metadata, created_at,"
+            " accessed_at, access_count) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            rows,
+        )
+    connection.close()
+
+
+def _filled(path: Path, count: int, fills: Path | None) -> None:
+    """`_fill`, or a copy of the same fill kept in `fills` by an earlier run (filling a
+    million memories takes minutes)."""
+    kept = fills / f"memories-{count}.db" if fills else None
+    if kept is None or not kept.exists():
+        _fill(path, count)
+        if kept is not None:
+            kept.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(path, kept)
+        return
+    shutil.copy(kept, path)
 
 
 def _fill(path: Path, count: int) -> None:
@@ -594,6 +861,22 @@ def main() -> None:
     load_cmd.add_argument(
         "--think-ms", type=float, default=0.0, help="pause between a session's messages (0: none)"
     )
+    sustained_cmd = commands.add_parser(
+        "sustained", help="a long run of varied texts, reported per tenth"
+    )
+    sustained_cmd.add_argument("--sessions", type=int, default=100)
+    sustained_cmd.add_argument("--messages", type=int, default=150)
+    sustained_cmd.add_argument("--delay-ms", type=float, default=0.0)
+    sustained_cmd.add_argument(
+        "--model", choices=["anthropic", "openai", "offline"], default="anthropic"
+    )
+    sustained_cmd.add_argument("--repeat", type=int, default=1)
+    sustained_cmd.add_argument(
+        "--warmup", type=int, default=20, help="messages per session before the measured run"
+    )
+    sustained_cmd.add_argument(
+        "--prefill", type=int, default=0, help="episodes of earlier chats the bot starts with"
+    )
     cold_cmd = commands.add_parser("coldstart", help="process start to the first 200")
     cold_cmd.add_argument("--runs", type=int, default=5)
     idle_cmd = commands.add_parser(
@@ -605,11 +888,15 @@ def main() -> None:
     memory_cmd.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
     memory_cmd.add_argument("--queries", type=int, default=442, help="random queries per size")
     memory_cmd.add_argument("--stores", type=int, default=300)
+    memory_cmd.add_argument(
+        "--fills", type=Path, help="keep the synthetic fills here and reuse them in later runs"
+    )
     tokens_cmd = commands.add_parser("tokens", help="prompt tokens over a 50-turn conversation")
     tokens_cmd.add_argument("--budget", type=int, default=2000)
     args = parser.parse_args()
     commands_by_name = {
         "load": load,
+        "sustained": sustained,
         "coldstart": coldstart,
         "idle": idle,
         "memory": memory,

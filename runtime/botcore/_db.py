@@ -108,14 +108,16 @@ class _Call(Generic[T]):
 class Database:
     """The bot's one SQLite database (WAL), used from worker threads one call at a time.
 
-    Every call runs in a worker thread, so the trio loop never blocks on disk, and in its own
-    transaction. Calls are serialized, which is what SQLite wants for writes. A call that was
-    started finishes even if its caller is cancelled, so a cancelled turn never leaves a
-    half-written transaction behind.
+    Every call runs in a worker thread, so the trio loop never blocks on disk. Calls are
+    serialized, which is what SQLite wants for writes. A call that was started finishes even
+    if its caller is cancelled, so a cancelled turn never leaves a half-written transaction.
 
-    While `serve_batches` runs (the runtime starts it), calls are queued and everything queued
-    runs in one worker-thread hop: under load one hop serves many turns instead of each call
-    paying for its own (group commit). Without it, each call takes its own hop.
+    While `serve_batches` runs (the runtime starts it), calls are queued, and everything
+    queued runs in one worker-thread hop and one transaction, each call in a savepoint of its
+    own (group commit): a call that fails rolls back alone, the others commit together, and
+    no caller hears of its result before that commit. Under load, one commit serves many
+    turns' accepts, stores and replies instead of one each. Without it, each call takes its
+    own hop and commit.
     """
 
     def __init__(self, connection: sqlite3.Connection, path: Path) -> None:
@@ -127,6 +129,7 @@ class Database:
         """Held by long maintenance passes (memory consolidation), so two never overlap."""
         self.batches = 0
         self.calls = 0
+        self.commits = 0
 
     @classmethod
     async def open(cls, path: Path) -> Database:
@@ -134,12 +137,16 @@ class Database:
         return cls(connection, path)
 
     async def run(self, call: Callable[[sqlite3.Connection], T]) -> T:
-        """Run `call(connection)` in a worker thread inside one transaction."""
-        if self._queue is None:
-            return await trio.to_thread.run_sync(self._transaction, call, limiter=self._limiter)
+        """Run `call(connection)` in a worker thread inside a transaction; return once it is
+        committed."""
         pending = _Call(call)
-        self._queue.send_nowait(pending)
-        await pending.done.wait()
+        if self._queue is None:
+            await trio.to_thread.run_sync(self._execute, [pending], limiter=self._limiter)
+            self.calls += 1
+            self.commits += 1
+        else:
+            self._queue.send_nowait(pending)
+            await pending.done.wait()
         assert pending.result is not None
         return pending.result.unwrap()
 
@@ -167,17 +174,48 @@ class Database:
     async def _run_batch(self, batch: list[_Call[Any]]) -> None:
         await trio.to_thread.run_sync(self._execute, batch, limiter=self._limiter)
         self.batches += 1
+        self.commits += 1
         self.calls += len(batch)
         for pending in batch:
             pending.done.set()
 
     def _execute(self, batch: list[_Call[Any]]) -> None:
-        for pending in batch:
-            pending.result = outcome.capture(self._transaction, pending.call)
-
-    def _transaction(self, call: Callable[[sqlite3.Connection], T]) -> T:
-        with self._connection:
-            return call(self._connection)
+        """Run `batch` in one transaction, each call in its own savepoint, and commit. Every
+        call ends with a result: its value only once the commit holds it."""
+        db = self._connection
+        uncommitted: list[_Call[Any]] = []
+        try:
+            for pending in batch:
+                if not db.in_transaction:
+                    db.execute("BEGIN")
+                db.execute("SAVEPOINT call")
+                try:
+                    value = pending.call(db)
+                except BaseException as exc:  # handed to its caller by `outcome`, not swallowed
+                    pending.result = outcome.Error(exc)
+                    if db.in_transaction:
+                        db.execute("ROLLBACK TO call")
+                        db.execute("RELEASE call")
+                    else:
+                        # SQLite rolled the whole transaction back (disk full, I/O error):
+                        # the calls before this one in it are lost too.
+                        for earlier in uncommitted:
+                            earlier.result = outcome.Error(exc)
+                        uncommitted.clear()
+                else:
+                    db.execute("RELEASE call")
+                    pending.result = outcome.Value(value)
+                    uncommitted.append(pending)
+            if db.in_transaction:
+                db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            # The transaction's own statements failed (BEGIN, a savepoint, COMMIT): none of
+            # its writes hold, and the calls not run yet fail with the same error.
+            if db.in_transaction:
+                db.rollback()
+            for pending in batch:
+                if pending.result is None or pending in uncommitted:
+                    pending.result = outcome.Error(exc)
 
     async def aclose(self) -> None:
         await trio.to_thread.run_sync(self._connection.close, limiter=self._limiter)
@@ -196,7 +234,7 @@ def _connect(path: Path) -> sqlite3.Connection:
     path.parent.mkdir(parents=True, exist_ok=True)
     connection = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
     # Autocommit for the pragmas (journal_mode cannot change inside a transaction); then
-    # DEFERRED transactions, committed by `with connection:` in `Database._transaction`.
+    # DEFERRED transactions, begun and committed by `Database._execute`.
     connection.execute("PRAGMA journal_mode=WAL")
     connection.execute("PRAGMA synchronous=NORMAL")
     connection.execute("PRAGMA busy_timeout=5000")

@@ -7,7 +7,7 @@ import math
 import re
 import sqlite3
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import attrs
@@ -224,26 +224,20 @@ class MemoryStore:
         terms = query_terms(query)
         if not terms or limit <= 0:
             return []
-        where = f" AND m.type IN ({', '.join('?' * len(kinds))})" if kinds else ""
         at = time.time() if now is None else now
 
         def search(db: sqlite3.Connection) -> list[Memory]:
-            rows = db.execute(
-                f"SELECT {_COLUMNS}, rank"
-                " FROM memories_fts CROSS JOIN memories m ON m.id = memories_fts.rowid"
-                f" WHERE memories_fts MATCH ?{where} ORDER BY rank LIMIT ?",
-                (_match(terms), *kinds, max(_CANDIDATES, limit * 4)),
-            ).fetchall()
+            rows, relevance = _candidates(db, terms, kinds, max(_CANDIDATES, limit * 4))
 
             def score(row: tuple[Any, ...]) -> float:
-                _, _, _, importance, created, accessed, uses, _, rank = row
+                _, _, _, importance, created, accessed, uses, _ = row
                 lasting = strength(activation(uses + 1, created, accessed, at))
-                return float(-rank * (0.6 + 0.4 * importance) * (0.7 + 0.3 * lasting))
+                return float(relevance(row) * (0.6 + 0.4 * importance) * (0.7 + 0.3 * lasting))
 
             best = sorted(rows, key=score, reverse=True)[:limit]
             found = [
                 attrs.evolve(m, confidence=_coverage(terms, m.content))
-                for m in (_memory(row[:-1], at) for row in best)
+                for m in (_memory(row, at) for row in best)
             ]
             db.executemany(
                 "UPDATE memories SET accessed_at = ?, access_count = access_count + 1 WHERE id = ?",
@@ -326,6 +320,74 @@ def _memory(row: tuple[Any, ...], now: float) -> Memory:
     )
 
 
+COMMON = 400
+"""A word in more memories than this is common: BM25 would score every one of them, so recall
+leaves it out of the ranked search (it is worth little there anyway: its IDF is low)."""
+RANKED_BUDGET = 800
+"""How many matching memories the ranked search may score in all, rarest words first: this
+bounds a recall's cost however many memories the bot has."""
+_SEARCHED_TERMS = 64
+"""The words of a query that are searched (the first ones): a pasted page stays one bounded
+statement (SQLite allows 500 SELECTs in a compound one)."""
+
+
+def _candidates(
+    db: sqlite3.Connection, terms: list[str], kinds: list[str], count: int
+) -> tuple[list[tuple[Any, ...]], Callable[[tuple[Any, ...]], float]]:
+    """Up to `count` memories worth ranking for `terms`, and how relevant each is.
+
+    Each word's memories are counted up to `COMMON` (a bounded probe). The rare words, rarest
+    first within `RANKED_BUDGET`, are searched and ranked by BM25 as before; the common ones
+    only add a small bonus to the memories that also contain them. A query of common words
+    alone takes the newest memories that contain any of them, ranked by how many they contain.
+    """
+    where = f" AND m.type IN ({', '.join('?' * len(kinds))})" if kinds else ""
+    terms = terms[:_SEARCHED_TERMS]
+    probe = " UNION ALL ".join(
+        f"SELECT {n}, count(*) FROM (SELECT rowid FROM memories_fts"
+        f" WHERE memories_fts MATCH ? LIMIT {COMMON + 1})"
+        for n in range(len(terms))
+    )
+    found = dict(db.execute(probe, [_match([term]) for term in terms]).fetchall())
+    ranked, common, spent = [], [], 0
+    for n in sorted(range(len(terms)), key=found.__getitem__):
+        if found[n] == 0:
+            continue
+        if found[n] <= COMMON and spent + found[n] <= RANKED_BUDGET:
+            ranked.append(terms[n])
+            spent += found[n]
+        else:
+            common.append(terms[n])
+    if ranked:
+        rows = db.execute(
+            f"SELECT {_COLUMNS}, rank"
+            " FROM memories_fts CROSS JOIN memories m ON m.id = memories_fts.rowid"
+            f" WHERE memories_fts MATCH ?{where} ORDER BY rank LIMIT ?",
+            (_match(ranked), *kinds, count),
+        ).fetchall()
+        bm25 = {row[0]: -row[-1] for row in rows}
+
+        def relevance(row: tuple[Any, ...]) -> float:
+            return float(bm25[row[0]]) * (1.0 + 0.2 * _coverage(common, row[1]))
+
+        return [row[:-1] for row in rows], relevance
+    if not common:
+        return [], _coverage_of(terms)
+    # Newest first from the index itself (no scoring), in a bounded window even when a
+    # type filter leaves few of them.
+    rows = db.execute(
+        f"SELECT {_COLUMNS} FROM (SELECT rowid FROM memories_fts WHERE memories_fts MATCH ?"
+        " ORDER BY rowid DESC LIMIT ?) AS f CROSS JOIN memories m ON m.id = f.rowid"
+        f" WHERE 1{where} LIMIT ?",
+        (_match(common), count * (8 if kinds else 1), *kinds, count),
+    ).fetchall()
+    return rows, _coverage_of(common)
+
+
+def _coverage_of(terms: list[str]) -> Callable[[tuple[Any, ...]], float]:
+    return lambda row: _coverage(terms, row[1])
+
+
 def _match(terms: list[str]) -> str:
     return " OR ".join(f'"{term}"' for term in terms)
 
@@ -388,6 +450,8 @@ def _fingerprint(stems: set[str]) -> str:
 
 def _coverage(terms: list[str], content: str) -> float:
     """The share of the query's terms that the memory contains (stems compared)."""
+    if not terms:
+        return 0.0
     have = {_stem(word) for word in _WORD.findall(content.lower())}
     hits = sum(1 for term in terms if _stem(term) in have)
     return round(hits / len(terms), 3)

@@ -5,21 +5,30 @@ with exponential backoff and jitter, honouring `retry-after`. We keep that one r
 only watch it: the SDKs number each attempt in the `x-stainless-retry-count` header, which an
 httpx2 event hook reads into the statistics of the call in progress (a context variable, so
 concurrent calls on one client never mix their counts).
+
+The same hook feeds the provider's adaptive limiter (`actors.AdaptiveLimiter`): a 429, 503 or
+529 halves how many calls run at once and pauses for its `retry-after`; the rate-limit
+headers of every answer (`anthropic-ratelimit-requests-*`, `x-ratelimit-*-requests`) set how
+many more may start before the provider's window resets. No fixed cap below the configured
+maximum (`MODEL_CONCURRENCY`).
 """
 
 from __future__ import annotations
 
 import contextvars
 import logging
+import re
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 import attrs
 import httpx2
 import trio
 
+from actors import AdaptiveLimiter, Slot
 from runtime.llm.base import (
     ModelRequest,
     ModelResponse,
@@ -40,6 +49,7 @@ class CallStatistics:
     last_request: float | None = None
     last_response: float | None = None
     last_answer: str | None = None
+    slot: Slot | None = None
 
     def summary(self) -> Retries:
         return Retries(self.retries, round(self.waited, 3))
@@ -51,8 +61,8 @@ _current: contextvars.ContextVar[CallStatistics | None] = contextvars.ContextVar
 
 
 @contextmanager
-def counting_retries() -> Iterator[CallStatistics]:
-    statistics = CallStatistics()
+def counting_retries(slot: Slot | None = None) -> Iterator[CallStatistics]:
+    statistics = CallStatistics(slot=slot)
     token = _current.set(statistics)
     try:
         yield statistics
@@ -60,7 +70,7 @@ def counting_retries() -> Iterator[CallStatistics]:
         _current.reset(token)
 
 
-def event_hooks(provider: str) -> dict[str, list[Any]]:
+def event_hooks(provider: str, limiter: AdaptiveLimiter | None = None) -> dict[str, list[Any]]:
     async def on_request(request: httpx2.Request) -> None:
         attempt = int(request.headers.get("x-stainless-retry-count", "0") or 0)
         statistics = _current.get()
@@ -95,8 +105,71 @@ def event_hooks(provider: str) -> dict[str, list[Any]]:
             statistics.last_answer = answer
         elif response.status_code >= 400:
             log.warning("%s answered %s", provider, answer)
+        if limiter is not None:
+            heed_limits(limiter, response, statistics.slot if statistics else None)
 
     return {"request": [on_request], "response": [on_response]}
+
+
+OVERLOADED = (429, 503, 529)
+"""Rate limited, unavailable, overloaded (Anthropic's 529): answers that say "fewer calls"."""
+
+
+def heed_limits(limiter: AdaptiveLimiter, response: httpx2.Response, slot: Slot | None) -> None:
+    """Tell `limiter` what a provider's answer says about its load and rate limits."""
+    headers = response.headers
+    if response.status_code in OVERLOADED:
+        limiter.overloaded(slot, retry_after=_seconds(headers.get("retry-after")))
+        return
+    now = time.time()
+    for prefix, limit, remaining, reset in (
+        ("anthropic-ratelimit-requests-", "limit", "remaining", "reset"),
+        ("x-ratelimit-", "limit-requests", "remaining-requests", "reset-requests"),
+    ):
+        left, reset_in = (
+            headers.get(prefix + remaining),
+            _reset_in(headers.get(prefix + reset), now),
+        )
+        whole = headers.get(prefix + limit, "")
+        if left is not None and left.isdigit() and reset_in is not None:
+            per_window = int(whole) if whole.isdigit() else None
+            limiter.budget(int(left), reset_in, slot, per_window=per_window)
+    for remaining, reset in (
+        ("anthropic-ratelimit-tokens-remaining", "anthropic-ratelimit-tokens-reset"),
+        ("x-ratelimit-remaining-tokens", "x-ratelimit-reset-tokens"),
+    ):
+        reset_in = _reset_in(headers.get(reset), now)
+        if headers.get(remaining) == "0" and reset_in is not None:
+            limiter.pause(reset_in)
+
+
+_DURATION = re.compile(
+    r"(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m(?!s))?(?:(\d+(?:\.\d+)?)s)?(?:(\d+)ms)?"
+)
+
+
+def _reset_in(value: str | None, now: float) -> float | None:
+    """Seconds until a reset given as OpenAI's duration ("6m0s", "20ms") or Anthropic's RFC
+    3339 time; None if unreadable."""
+    if not value:
+        return None
+    if "T" in value:
+        try:
+            return max(0.0, datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp() - now)
+        except ValueError:
+            return None
+    match = _DURATION.fullmatch(value.strip())
+    if match is None or not any(match.groups()):
+        return None
+    hours, minutes, seconds, millis = (float(g) if g else 0.0 for g in match.groups())
+    return hours * 3600 + minutes * 60 + seconds + millis / 1000
+
+
+def _seconds(value: str | None) -> float | None:
+    try:
+        return max(0.0, float(value)) if value else None
+    except ValueError:
+        return None
 
 
 # What a provider call may raise besides the SDK's own errors: transport failures while the
@@ -200,10 +273,13 @@ class SdkProvider(Generic[C]):
         base_url: str | None = None,
         timeout: float = 60.0,
         max_retries: int = 3,
+        max_concurrency: int = 256,
     ) -> None:
         self.model = model
+        self.limiter = AdaptiveLimiter(max_concurrency)
+        """How many calls run at once: learnt from the provider's answers, up to the maximum."""
         self._client = self._connect(
-            event_hooks(self.label),
+            event_hooks(self.label, self.limiter),
             api_key=api_key,
             base_url=base_url,
             timeout=timeout,
@@ -223,14 +299,19 @@ class SdkProvider(Generic[C]):
         self, request: ModelRequest, *, on_text: OnText | None = None
     ) -> ModelResponse:
         caught: tuple[type[Exception], ...] = (*self.sdk_errors, *TRANSPORT_ERRORS)
-        with counting_retries() as statistics:
-            try:
-                response = await self._stream(request, on_text)
-            except caught as exc:
-                raise translate(
-                    self.label, exc, statistics, key_variable=self.key_variable, model=self.model
-                ) from exc
-            return attrs.evolve(response, retries=statistics.summary())
+        async with self.limiter.slot() as slot:
+            with counting_retries(slot) as statistics:
+                try:
+                    response = await self._stream(request, on_text)
+                except caught as exc:
+                    raise translate(
+                        self.label,
+                        exc,
+                        statistics,
+                        key_variable=self.key_variable,
+                        model=self.model,
+                    ) from exc
+                return attrs.evolve(response, retries=statistics.summary())
 
     async def _stream(self, request: ModelRequest, on_text: OnText | None) -> ModelResponse:
         raise NotImplementedError

@@ -93,4 +93,5 @@ def open_provider(choice: ModelChoice, config: Config) -> Provider:
         base_url=base_url,
         timeout=config.model_timeout_seconds,
         max_retries=config.model_max_retries,
+        max_concurrency=config.model_concurrency,
     )

@@ -20,8 +20,11 @@ import argparse
 import contextlib
 import itertools
 import json
+import math
+import time
 from collections import deque
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import Any
 
 import attrs
@@ -99,14 +102,33 @@ class RecordedRequest:
     body: JSON
 
 
+@attrs.frozen
+class RateLimit:
+    """Take at most `requests` calls per window of `per` seconds; answer the others 429 with a
+    `retry-after`, and tell every answer what is left, in each provider's own headers."""
+
+    requests: int
+    per: float = 60.0
+
+
 class FakeLLM:
     def __init__(
-        self, *, delay: float = 0.0, record: bool = True, api_key: str | None = None
+        self,
+        *,
+        delay: float = 0.0,
+        record: bool = True,
+        api_key: str | None = None,
+        rate_limit: RateLimit | None = None,
     ) -> None:
         self.delay = delay
         self.api_key = api_key
         """When set, a request without this key (x-api-key or Bearer) is refused with 401."""
         self.requests: list[RecordedRequest] = []
+        self.rate_limit = rate_limit
+        self.refused = 0
+        """Requests answered 429 by the rate limit."""
+        self._used = 0
+        self._window_end = -math.inf
         self._record = record
         self._script: deque[Step] = deque()
         self._ids = itertools.count(1)
@@ -154,14 +176,50 @@ class FakeLLM:
         if self._record:
             headers = {k.decode().lower(): v.decode() for k, v in scope["headers"]}
             self.requests.append(RecordedRequest(protocol, path, headers, request))
+        wire = _Anthropic(self, request) if protocol == "anthropic" else _OpenAI(self, request)
+        if self.rate_limit is not None:
+            refused, wire.headers = self._count(self.rate_limit, protocol)
+            if refused:
+                self.refused += 1
+                error = wire.error_body(429, "rate limit exceeded; slow down")
+                await send_json(send, 429, error, wire.headers)
+                return
         step: Step = self._script.popleft() if self._script else Text(_echo(protocol, request))
         if self.delay:
             await trio.sleep(self.delay)
         while isinstance(step, Slow):
             await trio.sleep(step.seconds)
             step = step.then
-        wire = _Anthropic(self, request) if protocol == "anthropic" else _OpenAI(self, request)
         await wire.answer(step, send)
+
+    def _count(self, limit: RateLimit, protocol: str) -> tuple[bool, list[tuple[str, str]]]:
+        """Count one request against the window: (refused, the rate-limit headers)."""
+        now = trio.current_time()
+        if now >= self._window_end:
+            self._window_end = now + limit.per
+            self._used = 0
+        self._used += 1
+        refused = self._used > limit.requests
+        left, reset_in = max(0, limit.requests - self._used), self._window_end - now
+        if protocol == "anthropic":
+            at = datetime.fromtimestamp(time.time() + reset_in, UTC)
+            headers = [
+                ("anthropic-ratelimit-requests-limit", str(limit.requests)),
+                ("anthropic-ratelimit-requests-remaining", str(left)),
+                ("anthropic-ratelimit-requests-reset", at.isoformat().replace("+00:00", "Z")),
+            ]
+        else:
+            headers = [
+                ("x-ratelimit-limit-requests", str(limit.requests)),
+                ("x-ratelimit-remaining-requests", str(left)),
+                ("x-ratelimit-reset-requests", f"{math.ceil(reset_in * 1000)}ms"),
+            ]
+        if refused:
+            headers += [
+                ("retry-after", f"{math.ceil(reset_in)}"),
+                ("retry-after-ms", f"{math.ceil(reset_in * 1000)}"),
+            ]
+        return refused, headers
 
     def next_id(self) -> int:
         return next(self._ids)
@@ -192,6 +250,8 @@ class _Wire:
         self.request = request
         self.model = str(request.get("model", "fake-model"))
         self.streaming = bool(request.get("stream"))
+        self.headers: list[tuple[str, str]] = []
+        """Sent with the answer (the rate limit's)."""
         self.input_tokens = max(1, len(json.dumps(request.get("messages", []))) // 4)
 
     async def answer(self, step: Step, send: Send) -> None:
@@ -214,7 +274,7 @@ class _Wire:
             raise _Cut("connection dropped on purpose")
         assert isinstance(step, Text | ToolUse)
         if not self.streaming:
-            await send_json(send, 200, self.whole(step))
+            await send_json(send, 200, self.whole(step), self.headers)
             return
         await self.start_stream(send)
         for event in self.events(step):
@@ -230,6 +290,7 @@ class _Wire:
                 "headers": [
                     (b"content-type", b"text/event-stream"),
                     (b"cache-control", b"no-cache"),
+                    *((k.encode(), v.encode()) for k, v in self.headers),
                 ],
             }
         )
@@ -498,8 +559,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description="Serve a fake Anthropic + OpenAI API on 127.0.0.1")
     parser.add_argument("--port", type=int, default=8099)
     parser.add_argument("--delay-ms", type=float, default=0.0, help="delay before each answer")
+    parser.add_argument(
+        "--rate-limit", type=int, default=0, help="requests per second taken (0: no limit)"
+    )
     args = parser.parse_args()
-    fake = FakeLLM(delay=args.delay_ms / 1000, record=False)
+    limit = RateLimit(args.rate_limit, per=1.0) if args.rate_limit else None
+    fake = FakeLLM(delay=args.delay_ms / 1000, record=False, rate_limit=limit)
 
     async def run() -> None:
         async with trio.open_nursery() as nursery:

@@ -14,6 +14,7 @@ async def test_batched_calls_share_thread_hops_and_keep_their_own_transactions(
 ) -> None:
     db = await Database.open(tmp_path / "t.db")
     await db.run(lambda c: c.execute("CREATE TABLE t (n INTEGER UNIQUE)"))
+    unbatched = db.calls
     results: dict[int, object] = {}
 
     async def insert(n: int) -> None:
@@ -30,7 +31,7 @@ async def test_batched_calls_share_thread_hops_and_keep_their_own_transactions(
             for n in range(100):
                 callers.start_soon(insert, n)
         nursery.cancel_scope.cancel()
-    assert db.calls == 100 and db.batches < 20  # many calls per worker-thread hop
+    assert db.calls - unbatched == 100 and db.batches < 20  # many calls per worker-thread hop
     assert sum(1 for r in results.values() if r == 1) == 50
     # A failing call fails alone: its duplicates were refused, the others committed.
     assert sum(isinstance(r, sqlite3.IntegrityError) for r in results.values()) == 50
@@ -80,4 +81,81 @@ async def test_no_call_is_lost_when_batching_stops_at_any_moment(tmp_path: Path)
         with trio.fail_after(5):
             await finished.wait()
     assert await db.run(lambda c: c.execute("SELECT count(*) FROM t").fetchone()[0]) == 60
+    await db.aclose()
+
+
+async def test_a_batch_commits_once_and_every_answered_write_is_on_disk(tmp_path: Path) -> None:
+    db = await Database.open(tmp_path / "t.db")
+    await db.run(lambda c: c.execute("CREATE TABLE t (n INTEGER UNIQUE)"))
+    before = db.commits
+    other = sqlite3.connect(tmp_path / "t.db")
+    seen_on_disk: list[bool] = []
+
+    async def insert(n: int) -> None:
+        try:
+            await db.run(lambda c: c.execute("INSERT INTO t VALUES (?)", (n % 50,)))
+        except sqlite3.IntegrityError:
+            return
+        # Answered: another connection (another process, after a crash) already sees it.
+        row = other.execute("SELECT count(*) FROM t WHERE n = ?", (n % 50,)).fetchone()
+        seen_on_disk.append(row[0] == 1)
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(db.serve_batches)
+        async with trio.open_nursery() as callers:
+            for n in range(100):
+                callers.start_soon(insert, n)
+        nursery.cancel_scope.cancel()
+    assert len(seen_on_disk) == 50 and all(seen_on_disk)
+    assert db.commits - before == db.batches < 20  # not one commit per call
+    other.close()
+    await db.aclose()
+
+
+async def test_a_call_that_fails_rolls_back_its_own_writes_only(tmp_path: Path) -> None:
+    db = await Database.open(tmp_path / "t.db")
+    await db.run(lambda c: c.execute("CREATE TABLE t (n INTEGER)"))
+
+    def half_then_fail(c: sqlite3.Connection) -> None:
+        c.execute("INSERT INTO t VALUES (666)")
+        raise ValueError("changed my mind")
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(db.serve_batches)
+
+        async def expect_failure() -> None:
+            with pytest.raises(ValueError, match="changed my mind"):
+                await db.run(half_then_fail)
+
+        async with trio.open_nursery() as callers:
+            for n in range(3):
+                callers.start_soon(
+                    db.run, lambda c, n=n: c.execute("INSERT INTO t VALUES (?)", (n,))
+                )
+            callers.start_soon(expect_failure)
+            callers.start_soon(db.run, lambda c: c.execute("INSERT INTO t VALUES (3)"))
+        nursery.cancel_scope.cancel()
+    rows = await db.run(lambda c: c.execute("SELECT n FROM t ORDER BY n").fetchall())
+    assert rows == [(0,), (1,), (2,), (3,)]
+    await db.aclose()
+
+
+async def test_a_write_refused_by_another_writers_lock_fails_alone_and_leaves_no_transaction(
+    tmp_path: Path,
+) -> None:
+    db = await Database.open(tmp_path / "t.db")
+    await db.run(lambda c: c.execute("CREATE TABLE t (n INTEGER)"))
+    # Another process holds the write lock past the busy timeout.
+    await db.run(lambda c: c.execute("PRAGMA busy_timeout=50"))
+    other = sqlite3.connect(tmp_path / "t.db", isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    try:
+        with pytest.raises(sqlite3.OperationalError, match="locked"):
+            await db.run(lambda c: c.execute("INSERT INTO t VALUES (1)"))
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    assert await db.run(lambda c: c.execute("SELECT count(*) FROM t").fetchone()[0]) == 0
+    await db.run(lambda c: c.execute("INSERT INTO t VALUES (2)"))  # and the next one works
+    assert await db.run(lambda c: c.execute("SELECT n FROM t").fetchall()) == [(2,)]
     await db.aclose()

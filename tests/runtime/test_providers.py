@@ -314,3 +314,24 @@ async def test_readiness_says_when_the_model_cannot_be_reached(
     assert down.status_code == 503
     assert f"cannot reach Anthropic at 127.0.0.1:{port}" in down.json()["reason"]
     assert up.status_code == 200 and up.json()["model"] == "anthropic:claude-x"
+
+
+async def test_the_openai_request_is_sent_as_built_with_the_key_and_streaming_usage(
+    workspace: Path, fake_llm: tuple[FakeLLM, str], client: httpx2.AsyncClient
+) -> None:
+    """The body skips the SDK's request transform: it must still be the wire form."""
+    fake, url = fake_llm
+    config = local_config(
+        workspace, default_model="gpt-test", openai_api_key="sk-dummy", openai_base_url=f"{url}/v1"
+    )
+    async with serve_bot(config) as bot:
+        response = await say(client, bot.url, "hello")
+    assert response.json()["message"] == "ok: hello"
+    (request,) = fake.requests_for("openai")
+    assert request.headers["authorization"] == "Bearer sk-dummy"
+    assert request.body["stream"] is True and request.body["stream_options"] == {
+        "include_usage": True
+    }
+    assert request.body["messages"][0]["role"] == "system"
+    assert request.body["messages"][-1] == {"role": "user", "content": "hello"}
+    assert all(tool["type"] == "function" for tool in request.body["tools"])
