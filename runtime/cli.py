@@ -34,11 +34,13 @@ from adapters import (
     TextDiscarded,
     ToolProgress,
 )
-from runtime.app import Runtime, model_summary, open_model, serve
 from runtime.botcore import Bot, BotCoreError
 from runtime.config import CONFIG_FILE, Config, ConfigError
+from runtime.host import serve
 from runtime.inbox import Inbox, InboxEntry
+from runtime.lifecycle import Runtime, model_summary
 from runtime.llm import ProviderError
+from runtime.llm.select import open_model
 from runtime.logs import configure_logging
 from runtime.scaffold import FILES, scaffold
 

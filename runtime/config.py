@@ -7,13 +7,13 @@ import re
 import tomllib
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import attrs
 import cattrs
 
 from adapters.ratelimit import trusted_proxies
-from adapters.webhook import secret_problem
+from adapters.webhook import WebhookSource, secret_problem
 
 CONFIG_FILE = "botcore.toml"
 
@@ -43,19 +43,6 @@ def _secret_token(value: str | None) -> None:
         raise ValueError(
             "TELEGRAM_WEBHOOK_SECRET must be 1-256 characters of A-Z, a-z, 0-9, _ and -"
         )
-
-
-@attrs.frozen
-class WebhookSettings:
-    """A `[webhooks.NAME]` table of botcore.toml; see `adapters.webhook.WebhookSource`."""
-
-    secret: str | None = attrs.field(default=None, repr=False)
-    secret_env: str | None = None
-    """The environment variable holding the secret, to keep it out of the file."""
-    scheme: Literal["standard", "github"] = "standard"
-    text: str = "message"
-    session: str | None = None
-    callback: str | None = None
 
 
 @attrs.frozen
@@ -123,7 +110,9 @@ class Config:
     """Worker threads the file and task tools may hold at once (their own pool)."""
     identity_writable: bool = False
     """Whether tools may change IDENTITY.md, SOUL.md and USER.md (each change is kept)."""
-    webhooks: dict[str, WebhookSettings] = attrs.field(factory=dict)
+    webhooks: dict[str, WebhookSource] = attrs.field(factory=dict)
+    """The `[webhooks.NAME]` tables of botcore.toml, each a `WebhookSource` named by its
+    table; `secret_env` in a table names the environment variable holding its secret."""
 
     @property
     def secrets(self) -> tuple[str | None, ...]:
@@ -169,6 +158,7 @@ class Config:
                 values[name] = raw.strip()
                 source.names.discard(name)
         values["workspace"] = str(root)
+        secret_from = _webhook_tables(values, environ)
         try:
             config = _converter.structure(values, cls)
         except cattrs.ClassValidationError as exc:
@@ -176,25 +166,36 @@ class Config:
             raise ConfigError("invalid configuration: " + "; ".join(problems)) from None
         except ValueError as exc:
             raise ConfigError(f"invalid configuration: {exc}") from None
-        return attrs.evolve(config, webhooks=_webhook_secrets(config.webhooks, environ))
+        for name, hook in config.webhooks.items():
+            # Checked now: a secret that cannot sign would make every delivery a 401.
+            where = secret_from.get(name, "secret")
+            if not hook.secret:
+                raise ConfigError(f"webhook source {name!r} has no secret: set {where}")
+            problem = secret_problem(hook.scheme, hook.secret)
+            if problem is not None:
+                raise ConfigError(f"webhook source {name!r}: {problem}; check its {where}")
+        return config
 
 
-def _webhook_secrets(
-    hooks: dict[str, WebhookSettings], environ: Mapping[str, str]
-) -> dict[str, WebhookSettings]:
-    """Each source with its secret in place (read from `secret_env` where given), checked
-    now: a secret that cannot sign would make every delivery a 401."""
-    resolved = {}
-    for name, hook in hooks.items():
-        secret = environ.get(hook.secret_env, "") if hook.secret_env else hook.secret
-        where = f"${hook.secret_env}" if hook.secret_env else "secret"
-        if not secret:
-            raise ConfigError(f"webhook source {name!r} has no secret: set {where}")
-        problem = secret_problem(hook.scheme, secret)
-        if problem is not None:
-            raise ConfigError(f"webhook source {name!r}: {problem}; check its {where}")
-        resolved[name] = attrs.evolve(hook, secret=secret)
-    return resolved
+def _webhook_tables(values: dict[str, object], environ: Mapping[str, str]) -> dict[str, str]:
+    """Each `[webhooks.NAME]` table made a `WebhookSource`'s fields in place: named by its
+    table, its secret read from `secret_env` where given. Returns where each secret came
+    from (`$VARIABLE`), for the messages."""
+    tables = values.get("webhooks")
+    if not isinstance(tables, dict):
+        return {}
+    secret_from = {}
+    for name, table in tables.items():
+        if not isinstance(table, dict):
+            continue
+        table = dict(table)
+        variable = table.pop("secret_env", None)
+        if variable is not None:
+            table["secret"] = environ.get(str(variable), "")
+            secret_from[name] = f"${variable}"
+        table.setdefault("secret", "")
+        tables[name] = {**table, "name": name}
+    return secret_from
 
 
 @attrs.define

@@ -170,18 +170,8 @@ def _summary(older: Sequence[HistoryEntry]) -> str:
 
 
 def _tools_text(tools: tuple[ToolSpec, ...]) -> str:
-    """The tools as a provider sends them, to count; the same tool set every turn, so kept."""
-    key = tuple(t.name for t in tools)
-    text = _TOOLS_TEXT.get(key)
-    if text is None:
-        text = _TOOLS_TEXT[key] = _dump_tools(tools)
-    return text
-
-
-_TOOLS_TEXT: dict[tuple[str, ...], str] = {}
-
-
-def _dump_tools(tools: tuple[ToolSpec, ...]) -> str:
+    """The tools as a provider sends them, to count (the counter keeps the count of a text
+    it has seen: the same tool set every turn costs one encoding per process)."""
     return json.dumps(
         [
             {"name": t.name, "description": t.description, "input_schema": t.parameters}

@@ -11,9 +11,10 @@ import attrs
 import trio
 
 from actors import RestartPolicy
-from runtime.app import Runtime, serve
 from runtime.botcore import Bot
 from runtime.config import Config
+from runtime.host import serve
+from runtime.lifecycle import Runtime
 from runtime.llm import ModelRequest, ModelResponse, OnText, Provider, UserText
 from runtime.llm.offline import OfflineModel
 

@@ -16,7 +16,6 @@ from adapters.telegram import (
     TelegramApi,
     TelegramChannel,
     TelegramError,
-    TelegramPoller,
     TelegramSettings,
     split_message,
 )
@@ -154,8 +153,7 @@ async def test_409_and_5xx_back_off_instead_of_looping(
             runtime.deliver,
             reset=runtime.reset,
         )
-        await nursery.start(channel.run)
-        nursery.start_soon(TelegramPoller(channel).run)
+        await nursery.start(channel.run)  # it polls
         fake.text(3, "hello")
         await wait_until(lambda: fake.sent_to(3))
         nursery.cancel_scope.cancel()

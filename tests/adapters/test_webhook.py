@@ -14,7 +14,7 @@ import pytest
 import trio
 
 from adapters import Accepted, Busy, Inbound
-from adapters.http import HttpResponder
+from adapters.base import WaitingResponder
 from adapters.webhook import (
     CallbackSender,
     ReplayGuard,
@@ -26,7 +26,7 @@ from adapters.webhook import (
     verify,
 )
 from runtime.botcore import Bot
-from runtime.config import Config, ConfigError, WebhookSettings
+from runtime.config import Config, ConfigError
 from runtime.deliveries import Deliveries
 from runtime.testing import Receiver, local_config, open_local, serve_bot, wait_until
 
@@ -95,12 +95,12 @@ def test_text_is_found_by_dotted_path_or_json_pointer() -> None:
         extract(data, "e.g")
 
 
-def hooks(callback: str | None = None) -> dict[str, WebhookSettings]:
+def hooks(callback: str | None = None) -> dict[str, WebhookSource]:
     return {
-        "app": WebhookSettings(
-            secret=SECRET, text="data.text", session="data.user", callback=callback
+        "app": WebhookSource(
+            "app", SECRET, text="data.text", session="data.user", callback=callback
         ),
-        "gh": WebhookSettings(secret="gh-secret", scheme="github", text="/comment/body"),
+        "gh": WebhookSource("gh", "gh-secret", scheme="github", text="/comment/body"),
     }
 
 
@@ -303,7 +303,7 @@ async def test_a_delivery_refused_as_busy_is_taken_when_sent_again(workspace: Pa
 
     async with await Bot.open(workspace) as bot:
         guard = ReplayGuard(Deliveries(bot.db))
-        inbound = Inbound("webhook", "app:u1", "hi", HttpResponder(), message_id="msg_1")
+        inbound = Inbound("webhook", "app:u1", "hi", WaitingResponder(), message_id="msg_1")
         with pytest.raises(Busy):
             await guard.deliver(source, "msg_1", BODY, inbound, deliver)
         assert await guard.deliver(source, "msg_1", BODY, inbound, deliver) == Accepted(1)

@@ -147,13 +147,13 @@ def test_chat_talks_to_the_bot_through_the_session_machinery(workspace: Path) ->
 
 async def test_deadletters_lists_them_and_retry_puts_one_back(workspace: Path) -> None:
     from adapters import Inbound, Reply, ReplyError
-    from adapters.http import HttpResponder
+    from adapters.base import WaitingResponder
     from runtime.botcore import Bot
     from runtime.inbox import Inbox
 
     async with await Bot.open(workspace) as bot:
         inbox = Inbox(bot.db)
-        entry, _ = await inbox.accept(Inbound("http", "s", "poison pill", HttpResponder()))
+        entry, _ = await inbox.accept(Inbound("http", "s", "poison pill", WaitingResponder()))
         crashed = ReplyError("crashed", "crashed 3 times, last with RuntimeError: boom")
         await inbox.dead(entry.id, Reply("sorry", "s", "", error=crashed))
     env = {"BOTCORE_WORKSPACE": str(workspace), "PATH": "/usr/bin:/bin"}
@@ -375,8 +375,8 @@ async def test_the_banner_says_what_runs_where(
 async def test_a_public_address_without_a_token_is_warned_about(
     workspace: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from runtime.app import _banner
     from runtime.botcore import Bot
+    from runtime.host import _banner
     from runtime.llm.offline import OfflineModel
 
     async with await Bot.open(workspace) as bot:
