@@ -7,8 +7,12 @@ Adding a channel is a module in `adapters/` and one row in `CHANNELS`.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+import re
+import tomllib
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from contextlib import AsyncExitStack
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import attrs
@@ -23,37 +27,40 @@ from adapters.ratelimit import trusted_proxies
 from adapters.telegram import TelegramApi, TelegramChannel, TelegramSettings
 from adapters.webhook import ReplayGuard, WebhookChannel
 from runtime.botcore import Bot, Identity
-from runtime.config import Config
+from runtime.config import BotSettings, Config, ConfigError, ProcessSettings, load_process
 from runtime.deliveries import Deliveries
 from runtime.inbox import InboxEntry
 from runtime.lifecycle import RecoveryResponders, Runtime
 from runtime.llm import Provider
 from runtime.llm.select import open_model
 from runtime.memory_api import MemoryApi
+from runtime.metrics import render_all
 
 log = logging.getLogger("runtime.host")
 
 
 @attrs.frozen
 class BotParts:
-    """What a channel is built from: the bot's settings, its runtime, the host's HTTP client."""
+    """What a channel is built from: the bot's settings and the process's, its runtime, the
+    host's HTTP client."""
 
-    config: Config
+    config: BotSettings
+    process: ProcessSettings
     runtime: Runtime
     http: httpx2.AsyncClient
 
 
 def _http_api(parts: BotParts) -> Channel:
-    config = parts.config
+    config, process = parts.config, parts.process
     return HttpApiChannel(
         parts.runtime.deliver,
         ApiSettings(
             max_message_chars=config.max_message_chars,
             reply_timeout=config.turn_timeout_seconds + 30,
-            client_rate_per_minute=config.client_rate_per_minute,
-            trusted_proxies=trusted_proxies(config.trusted_proxies),
+            client_rate_per_minute=process.client_rate_per_minute,
+            trusted_proxies=trusted_proxies(process.trusted_proxies),
         ),
-        rate_limited=config.botcore_api_token is None,
+        rate_limited=process.botcore_api_token is None,
     )
 
 
@@ -124,15 +131,17 @@ def _readiness(runtime: Runtime, channels: Sequence[Channel]) -> Health:
 
 
 def _banner(
-    config: Config,
-    bot: Bot,
-    provider: Provider,
+    hosted: _Hosted,
+    process: ProcessSettings,
     binds: Sequence[str],
     identity: Identity,
-    channels: Sequence[Channel] = (),
+    *,
+    prefixed: bool = False,
 ) -> None:
     """What runs where, in a few lines an operator can grep: the bot, its model and
     database, the HTTP address and whether it needs a token, the channels that are on."""
+    config, bot, provider = hosted.settings, hosted.bot, hosted.provider
+    at = f"/bots/{hosted.name}" if prefixed else ""
     log.info(
         "bot %r (workspace %s), model %s, database %s",
         identity.display_name,
@@ -151,90 +160,248 @@ def _banner(
             "no API key configured: running on the embedded offline model "
             "(set ANTHROPIC_API_KEY or OPENAI_API_KEY for a real one)"
         )
-    auth = "token required" if config.botcore_api_token else "no token required"
-    log.info("HTTP API on %s (%s)", ", ".join(binds), auth)
+    auth = "token required" if process.botcore_api_token else "no token required"
+    log.info("HTTP API on %s%s (%s)", ", ".join(binds), at, auth)
     names = ["http"]
     if config.telegram_bot_token:
-        mode = "webhook at /telegram/webhook" if config.telegram_webhook_secret else "polling"
+        mode = f"webhook at {at}/telegram/webhook" if config.telegram_webhook_secret else "polling"
         names.append(f"telegram ({mode})")
-    names += [f"webhook {name!r} at /webhooks/{name}" for name in config.webhooks]
+    names += [f"webhook {name!r} at {at}/webhooks/{name}" for name in config.webhooks]
     log.info("channels: %s", ", ".join(names))
-    if not config.botcore_api_token and config.http_host not in ("127.0.0.1", "::1", "localhost"):
+
+
+def _warn_unprotected(process: ProcessSettings) -> None:
+    if not process.botcore_api_token and process.http_host not in ("127.0.0.1", "::1", "localhost"):
         log.warning(
             "listening on %s without BOTCORE_API_TOKEN: anyone who can reach the port can "
             "talk to the bot and read its memory; set BOTCORE_API_TOKEN",
-            config.http_host,
+            process.http_host,
         )
 
 
+@attrs.frozen
+class HostConfig:
+    """What one process serves: the process's settings once, and its bots by name (in
+    order). One bot's `Config` is a host of one (`single`)."""
+
+    process: ProcessSettings
+    bots: dict[str, BotSettings]
+
+    @classmethod
+    def single(cls, config: Config) -> HostConfig:
+        return cls(config.process, {bot_name(config.workspace): config})
+
+    @property
+    def secrets(self) -> tuple[str | None, ...]:
+        return (*self.process.secrets, *(s for bot in self.bots.values() for s in bot.secrets))
+
+    def check(self) -> None:
+        """Two bots must not share what only one can use: a database, a Telegram token."""
+        for what, key in (
+            ("database", lambda bot: str(bot.db_path.resolve())),
+            ("Telegram bot token", lambda bot: bot.telegram_bot_token),
+        ):
+            seen: dict[object, str] = {}
+            for name, bot in self.bots.items():
+                value = key(bot)
+                if value is None:
+                    continue
+                if value in seen:
+                    raise ConfigError(f"bots {seen[value]!r} and {name!r} have the same {what}")
+                seen[value] = name
+
+
+_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
+
+
+def bot_name(workspace: Path) -> str:
+    """A bot's name in routes and metrics, from its folder: `Alice Bot` → `alice-bot`."""
+    name = re.sub(r"[^a-z0-9_-]+", "-", workspace.resolve().name.lower()).strip("-_")
+    return name[:63] or "bot"
+
+
+def load_host(
+    environ: Mapping[str, str],
+    *,
+    workspaces: Sequence[Path] = (),
+    file: Path | None = None,
+) -> HostConfig:
+    """The bots of `file` (`[bots.NAME]` tables, each with its `workspace` and any bot
+    setting, over that workspace's botcore.toml and the environment; the file's top level
+    holds process settings) and of `workspaces` (each as it configures itself). Process
+    settings come from the file, else the first workspace, and the environment."""
+    bots: dict[str, BotSettings] = {}
+    process: ProcessSettings | None = None
+    if file is not None:
+        try:
+            data = tomllib.loads(file.read_text(encoding="utf-8"))
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"{file}: {exc}") from exc
+        tables = data.pop("bots", {})
+        if not isinstance(tables, dict) or not tables:
+            raise ConfigError(f"{file}: no [bots.NAME] table; each bot needs one")
+        bot_fields = {field.name for field in attrs.fields(BotSettings)}
+        misplaced = sorted(set(data) & bot_fields)
+        if misplaced:
+            raise ConfigError(
+                f"{file}: {', '.join(misplaced)} belong under a [bots.NAME] table (per bot)"
+            )
+        process = load_process(data, environ, file)
+        for name, table in tables.items():
+            if not isinstance(table, dict) or "workspace" not in table:
+                raise ConfigError(f'{file}: [bots.{name}] needs workspace = "DIR"')
+            if not _NAME.fullmatch(name):
+                raise ConfigError(
+                    f"{file}: bot name {name!r} must be 1-63 of a-z, 0-9, _ and -, first a-z or 0-9"
+                )
+            table = dict(table)
+            workspace = file.parent / Path(str(table.pop("workspace"))).expanduser()
+            bots[name] = Config.load(environ, workspace=workspace, overrides=table).bot
+    for workspace in workspaces:
+        config = Config.load(environ, workspace=workspace)
+        process = process or config.process
+        name = bot_name(workspace)
+        if name in bots:
+            raise ConfigError(f"two bots are named {name!r} (from their folders); rename one")
+        bots[name] = config.bot
+    if process is None:
+        raise ConfigError("no bot to serve: give --workspace DIR or a host file")
+    host = HostConfig(process, bots)
+    host.check()
+    return host
+
+
+@attrs.define
+class _Hosted:
+    """One bot the host runs."""
+
+    name: str
+    settings: BotSettings
+    bot: Bot
+    provider: Provider
+    runtime: Runtime
+    channels: list[Channel] = attrs.field(factory=list)
+    drained: trio.Event = attrs.field(factory=trio.Event)
+
+    def routes(self) -> list[Route]:
+        routes = memory_routes(MemoryApi(self.bot, self.runtime.summarize))
+        for channel in self.channels:
+            routes += channel.routes()
+        return routes
+
+
+def _host_readiness(hosted: Sequence[_Hosted]) -> Health:
+    """One bot: its readiness. Several: ready when every bot is, each bot's under `bots`."""
+    checks = {each.name: _readiness(each.runtime, each.channels) for each in hosted}
+    if len(checks) == 1:
+        (only,) = checks.values()
+        return only
+
+    async def check() -> tuple[int, dict[str, Any]]:
+        bodies: dict[str, Any] = {}
+        status = 200
+        for name, ready in checks.items():
+            code, bodies[name] = await ready()
+            status = max(status, code)
+        return status, {"status": "ok" if status == 200 else "unavailable", "bots": bodies}
+
+    return check
+
+
 async def serve(
-    config: Config,
+    config: Config | HostConfig,
     shutdown: trio.Event,
     *,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Run the bot with its channels until `shutdown` is set, then drain and stop.
+    """Run the bots with their channels until `shutdown` is set, then drain and stop.
+
+    Each bot has its own runtime, database, model and channels: one bot's crash, full
+    mailbox or broken model never touches another. Routes of a bot are under
+    `/bots/<name>/`; with one bot, also at the root (`/api/message`) as always.
 
     Shutdown: intake stops (HTTP answers 503), queued messages stay in the inbox, turns in
     flight get `shutdown_grace_seconds` to finish, then the channels and the HTTP server stop.
     """
-    bot = await Bot.open(config.workspace, config.db_path)
-    provider = open_model(config)
-    try:
-        runtime = Runtime(config, bot, provider)
+    host = config if isinstance(config, HostConfig) else HostConfig.single(config)
+    process = host.process
+    async with AsyncExitStack() as opened:
+        hosted: list[_Hosted] = []
+        for name, settings in host.bots.items():
+            bot = await Bot.open(settings.workspace, settings.db_path)
+            opened.push_async_callback(_shielded, bot.aclose)
+            provider = open_model(settings)
+            opened.push_async_callback(_shielded, provider.aclose)
+            hosted.append(_Hosted(name, settings, bot, provider, Runtime(settings, bot, provider)))
         async with httpx2.AsyncClient() as http, trio.open_nursery() as nursery:
-            channels = build_channels(BotParts(config, runtime, http))
+            for each in hosted:
+                each.channels = build_channels(BotParts(each.settings, process, each.runtime, http))
             routes: list[Route] = probe_routes(
-                _readiness(runtime, channels), runtime.metrics.render
+                _host_readiness(hosted),
+                lambda: render_all(
+                    [each.runtime.metrics for each in hosted],
+                    # One bot: as always, unlabelled; several: each sample names its bot.
+                    [(("bot", each.name),) if len(hosted) > 1 else () for each in hosted],
+                ),
             )
-            routes += memory_routes(MemoryApi(bot, runtime.summarize))
-            for channel in channels:
-                routes += channel.routes()
+            for each in hosted:
+                mine = each.routes()
+                routes += [route.under(f"/bots/{each.name}") for route in mine]
+                if len(hosted) == 1:
+                    routes += mine
             app = create_app(
                 HttpSettings(
-                    api_token=config.botcore_api_token,
-                    max_body_bytes=config.max_body_bytes,
-                    allowed_hosts=allowed_hosts(config.allowed_hosts, config.http_host),
-                    trusted_proxies=trusted_proxies(config.trusted_proxies),
+                    api_token=process.botcore_api_token,
+                    max_body_bytes=process.max_body_bytes,
+                    allowed_hosts=allowed_hosts(process.allowed_hosts, process.http_host),
+                    trusted_proxies=trusted_proxies(process.trusted_proxies),
                 ),
                 routes,
             )
             http_stopped = trio.Event()
-            drained = trio.Event()
-
-            async def run_runtime(task_status: trio.TaskStatus[None]) -> None:
-                await runtime.run(responders=recovery(channels), task_status=task_status)
-                drained.set()
-
-            await nursery.start(run_runtime)
+            for each in hosted:
+                await nursery.start(_run_runtime, each)
             binds = await nursery.start(
-                partial(serve_http, keep_alive_timeout=config.http_keep_alive_seconds),
+                partial(serve_http, keep_alive_timeout=process.http_keep_alive_seconds),
                 app,
-                config.http_host,
-                config.http_port,
+                process.http_host,
+                process.http_port,
                 http_stopped.wait,
             )
-            for channel in channels:
-                await nursery.start(channel.run)
-            _banner(config, bot, provider, binds, await bot.identity.load(), channels)
+            for each in hosted:
+                for channel in each.channels:
+                    await nursery.start(channel.run)
+            for each in hosted:
+                identity = await each.bot.identity.load()
+                _banner(each, process, binds, identity, prefixed=len(hosted) > 1)
+            _warn_unprotected(process)
             task_status.started(binds)
             await shutdown.wait()
             log.info(
                 "shutting down: finishing turns in flight (up to %gs)",
-                config.shutdown_grace_seconds,
+                process.shutdown_grace_seconds,
             )
-            runtime.close()
-            with trio.move_on_after(config.shutdown_grace_seconds) as grace:
-                await drained.wait()
+            for each in hosted:
+                each.runtime.close()
+            with trio.move_on_after(process.shutdown_grace_seconds) as grace:
+                for each in hosted:
+                    await each.drained.wait()
             if grace.cancelled_caught:
                 log.warning(
                     "turns still running after the grace period are cancelled; they stay in the inbox"
                 )
             http_stopped.set()
-            for channel in channels:
-                channel.close()
-            nursery.cancel_scope.deadline = trio.current_time() + config.shutdown_grace_seconds
-    finally:
-        with trio.CancelScope(shield=True):
-            await provider.aclose()
-            await bot.aclose()
+            for each in hosted:
+                for channel in each.channels:
+                    channel.close()
+            nursery.cancel_scope.deadline = trio.current_time() + process.shutdown_grace_seconds
+
+
+async def _run_runtime(hosted: _Hosted, task_status: trio.TaskStatus[None]) -> None:
+    await hosted.runtime.run(responders=recovery(hosted.channels), task_status=task_status)
+    hosted.drained.set()
+
+
+async def _shielded(close: Callable[[], Awaitable[None]]) -> None:
+    with trio.CancelScope(shield=True):
+        await close()

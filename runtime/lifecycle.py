@@ -20,7 +20,7 @@ from actors import ActorCrashed, ActorStopped, MailboxFull, Registry, RestartPol
 from adapters import Accepted, Busy, Inbound, Progress, Reply, ReplyError, Responder, Unavailable
 from adapters.ratelimit import RateLimiter
 from runtime.botcore import Bot, FileTools, Summarize, TaskGraph, consolidate
-from runtime.config import Config
+from runtime.config import BotSettings
 from runtime.inbox import Inbox, InboxEntry
 from runtime.llm import ModelRequest, Provider, UserText
 from runtime.logs import Redactor
@@ -136,7 +136,7 @@ class Runtime:
 
     def __init__(
         self,
-        config: Config,
+        config: BotSettings,
         bot: Bot,
         provider: Provider,
         *,

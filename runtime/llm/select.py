@@ -7,7 +7,7 @@ from typing import Literal
 
 import attrs
 
-from runtime.config import Config, ConfigError
+from runtime.config import BotSettings, ConfigError
 from runtime.llm.base import Provider
 from runtime.llm.fallback import FallbackProvider
 from runtime.llm.offline import OfflineModel
@@ -50,18 +50,18 @@ def parse_model(name: str) -> ModelChoice:
 class ProviderKind:
     """How one kind of provider is configured and opened: a row of `PROVIDERS`."""
 
-    key: Callable[[Config], str | None]
+    key: Callable[[BotSettings], str | None]
     """Its API key in the configuration (None: it needs none)."""
     default_model: str | None
     """The model chosen when only its key is configured (None: never by default)."""
-    open: Callable[[ModelChoice, Config], Provider]
+    open: Callable[[ModelChoice, BotSettings], Provider]
 
 
-def _open_offline(choice: ModelChoice, config: Config) -> Provider:
+def _open_offline(choice: ModelChoice, config: BotSettings) -> Provider:
     return OfflineModel()
 
 
-def _open_anthropic(choice: ModelChoice, config: Config) -> Provider:
+def _open_anthropic(choice: ModelChoice, config: BotSettings) -> Provider:
     from runtime.llm.anthropic import AnthropicProvider  # the SDK only when it is used
 
     return _sdk(
@@ -69,7 +69,7 @@ def _open_anthropic(choice: ModelChoice, config: Config) -> Provider:
     )
 
 
-def _open_openai(choice: ModelChoice, config: Config) -> Provider:
+def _open_openai(choice: ModelChoice, config: BotSettings) -> Provider:
     from runtime.llm.openai import OpenAIProvider  # the SDK only when it is used
 
     return _sdk(OpenAIProvider, choice, config, config.openai_api_key, config.openai_base_url)
@@ -78,7 +78,7 @@ def _open_openai(choice: ModelChoice, config: Config) -> Provider:
 def _sdk(
     provider: Callable[..., Provider],
     choice: ModelChoice,
-    config: Config,
+    config: BotSettings,
     key: str | None,
     base_url: str | None,
 ) -> Provider:
@@ -104,7 +104,7 @@ PROVIDERS: dict[ProviderName, ProviderKind] = {
 """Every provider by name, in the order a default model is chosen by the keys present."""
 
 
-def choose_models(config: Config) -> list[ModelChoice]:
+def choose_models(config: BotSettings) -> list[ModelChoice]:
     """The primary model, then the fallbacks, each checked to have its key."""
     if config.default_model:
         primary = parse_model(config.default_model)
@@ -127,12 +127,12 @@ def choose_models(config: Config) -> list[ModelChoice]:
     return choices
 
 
-def open_provider(choice: ModelChoice, config: Config) -> Provider:
+def open_provider(choice: ModelChoice, config: BotSettings) -> Provider:
     """The provider for `choice`; its SDK is imported here, only when it is used."""
     return PROVIDERS[choice.provider].open(choice, config)
 
 
-def open_model(config: Config) -> Provider:
+def open_model(config: BotSettings) -> Provider:
     """The configured model, behind its fallbacks when there are some."""
     providers = [open_provider(choice, config) for choice in choose_models(config)]
     return providers[0] if len(providers) == 1 else FallbackProvider(providers)

@@ -372,21 +372,17 @@ async def test_the_banner_says_what_runs_where(
     assert "no API key configured" not in bot.log  # offline was chosen, with a key set
 
 
-async def test_a_public_address_without_a_token_is_warned_about(
+def test_a_public_address_without_a_token_is_warned_about(
     workspace: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from runtime.botcore import Bot
-    from runtime.host import _banner
-    from runtime.llm.offline import OfflineModel
+    from runtime.host import _warn_unprotected
 
-    async with await Bot.open(workspace) as bot:
-        identity = await bot.identity.load()
-        config = Config(workspace=workspace, http_host="0.0.0.0")
-        _banner(config, bot, OfflineModel(), ["http://0.0.0.0:3000"], identity)
-        assert "without BOTCORE_API_TOKEN" in caplog.text
-        caplog.clear()
-        _banner(attrs.evolve(config, botcore_api_token="t"), bot, OfflineModel(), [], identity)
-        assert "without BOTCORE_API_TOKEN" not in caplog.text
+    config = Config(workspace=workspace, http_host="0.0.0.0")
+    _warn_unprotected(config.process)
+    assert "without BOTCORE_API_TOKEN" in caplog.text
+    caplog.clear()
+    _warn_unprotected(attrs.evolve(config, botcore_api_token="t").process)
+    assert "without BOTCORE_API_TOKEN" not in caplog.text
 
 
 def test_a_bad_value_in_botcore_toml_is_named_with_file_and_line(workspace: Path) -> None:

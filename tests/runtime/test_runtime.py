@@ -283,3 +283,18 @@ async def test_episodes_already_in_the_history_are_not_recalled_twice(
     # if their words overlap: the second repeats "Miso" where the first said it once).
     assert same["metadata"]["memories_recalled"] == 1
     assert other["metadata"]["memories_recalled"] == 3
+
+
+async def test_the_lifecycle_moves_forward_only_and_says_why_it_refuses(workspace: Path) -> None:
+    from runtime.lifecycle import Lifecycle
+
+    async with open_runtime(local_config(workspace)) as runtime:
+        assert runtime.state is Lifecycle.ACCEPTING
+        with pytest.raises(
+            RuntimeError, match="a runtime that is accepting cannot become starting"
+        ):
+            await runtime.run()
+    assert runtime.state is Lifecycle.CLOSED
+    runtime.close()  # closing again does nothing
+    with pytest.raises(Unavailable):
+        await runtime.deliver(Inbound("http", "s", "hi", WaitingResponder()))
