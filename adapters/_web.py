@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from typing import Any, TypeVar
 
 import cattrs
@@ -146,3 +146,16 @@ def log_refused(status: int, kind: str, message: str) -> None:
         kind,
         message,
     )
+
+
+def event_stream(events: AsyncIterator[bytes]) -> Response:
+    stream = Response(
+        events,
+        status=200,
+        content_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+    # The events bound themselves by the reply timeout; Quart's RESPONSE_TIMEOUT (60 s)
+    # would cut a longer turn off mid-stream, an incomplete body and no `done`.
+    stream.timeout = None
+    return stream

@@ -8,7 +8,6 @@ gets it by retrying with the same `Idempotency-Key`.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
@@ -21,7 +20,15 @@ import attrs
 import trio
 from quart import Response, request
 
-from adapters._web import ApiError, json_response, read_json, refusals, reply_status, strict
+from adapters._web import (
+    ApiError,
+    event_stream,
+    json_response,
+    read_json,
+    refusals,
+    reply_status,
+    strict,
+)
 from adapters.base import (
     Deliver,
     Inbound,
@@ -29,6 +36,7 @@ from adapters.base import (
     Reply,
     Responder,
     Route,
+    StreamingResponder,
     TextDelta,
     TextDiscarded,
     ToolProgress,
@@ -60,67 +68,27 @@ class MessageRequest:
     stream: bool = False
 
 
-class StreamingResponder:
-    """Feeds a Server-Sent Events response: deltas and tool events, then the reply."""
-
-    def __init__(self) -> None:
-        # Unbounded: a turn's output is bounded by the model's max_tokens, and dropping a
-        # delta would corrupt the text the client assembles.
-        self._send, self._receive = trio.open_memory_channel[Progress | Reply](math.inf)
-
-    def reply(self, reply: Reply) -> None:
-        with contextlib.suppress(trio.ClosedResourceError, trio.BrokenResourceError):
-            self._send.send_nowait(reply)
-            self._send.close()
-
-    def progress(self, event: Progress) -> None:
-        with contextlib.suppress(trio.ClosedResourceError, trio.BrokenResourceError):
-            self._send.send_nowait(event)
-
-    async def items(self, reply_within: float) -> AsyncIterator[Progress | Reply | None]:
-        """What the turn produces, up to its reply; None when none came within the time."""
-        async with self._receive:
-            with trio.move_on_after(reply_within):
-                async for item in self._receive:
-                    yield item
-                    if isinstance(item, Reply):
-                        return
-            yield None
-
-    async def events(self, reply_within: float) -> AsyncIterator[bytes]:
-        """The SSE byte stream: `delta`, `tool`, `discard`, then `done` (or `error` if the turn
-        failed)."""
-        async for item in self.items(reply_within):
-            if isinstance(item, TextDelta):
-                yield sse("delta", {"text": item.text})
-            elif isinstance(item, TextDiscarded):
-                yield sse("discard", {"text": item.text})
-            elif isinstance(item, ToolProgress):
-                yield sse("tool", attrs.asdict(item))
-            elif isinstance(item, Reply):
-                yield sse("done" if item.error is None else "error", reply_body(item))
-            else:
-                yield sse(
-                    "error",
-                    {"error": {"type": "timeout", "message": f"no reply within {reply_within:g}s"}},
-                )
+async def _events(responder: StreamingResponder, reply_within: float) -> AsyncIterator[bytes]:
+    """The SSE byte stream: `delta`, `tool`, `discard`, then `done` (or `error` if the turn
+    failed)."""
+    async for item in responder.items(reply_within):
+        if isinstance(item, TextDelta):
+            yield sse("delta", {"text": item.text})
+        elif isinstance(item, TextDiscarded):
+            yield sse("discard", {"text": item.text})
+        elif isinstance(item, ToolProgress):
+            yield sse("tool", attrs.asdict(item))
+        elif isinstance(item, Reply):
+            yield sse("done" if item.error is None else "error", reply_body(item))
+        else:
+            yield sse(
+                "error",
+                {"error": {"type": "timeout", "message": f"no reply within {reply_within:g}s"}},
+            )
 
 
 def sse(event: str, data: Mapping[str, Any]) -> bytes:
     return f"event: {event}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n".encode()
-
-
-def event_stream(events: AsyncIterator[bytes]) -> Response:
-    stream = Response(
-        events,
-        status=200,
-        content_type="text/event-stream",
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-    )
-    # The events bound themselves by the reply timeout; Quart's RESPONSE_TIMEOUT (60 s)
-    # would cut a longer turn off mid-stream, an incomplete body and no `done`.
-    stream.timeout = None
-    return stream
 
 
 class _Unattended:
@@ -198,7 +166,7 @@ class HttpApiChannel:
         with refusals():
             await self._deliver(inbound)
         if isinstance(responder, StreamingResponder):
-            return event_stream(responder.events(settings.reply_timeout))
+            return event_stream(_events(responder, settings.reply_timeout))
         with trio.move_on_after(settings.reply_timeout):
             reply = await responder.wait()
             return json_response(reply_body(reply), reply_status(reply))

@@ -10,7 +10,9 @@ Error tree of what `Deliver` may raise to a channel::
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+import contextlib
+import math
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Any, Literal, Protocol
 
 import attrs
@@ -101,6 +103,39 @@ class WaitingResponder:
         await self._done.wait()
         assert self._reply is not None
         return self._reply
+
+
+class StreamingResponder:
+    """The turn as it happens, for a stream: progress events, then the reply (`items`)."""
+
+    def __init__(self) -> None:
+        # Unbounded: a turn's output is bounded by the model's max_tokens, and dropping a
+        # delta would corrupt the text the client assembles.
+        self._send, self._receive = trio.open_memory_channel[Progress | Reply](math.inf)
+
+    def reply(self, reply: Reply) -> None:
+        with contextlib.suppress(trio.ClosedResourceError, trio.BrokenResourceError):
+            self._send.send_nowait(reply)
+            self._send.close()
+
+    def progress(self, event: Progress) -> None:
+        with contextlib.suppress(trio.ClosedResourceError, trio.BrokenResourceError):
+            self._send.send_nowait(event)
+
+    async def items(self, reply_within: float) -> AsyncIterator[Progress | Reply | None]:
+        """What the turn produces, up to its reply; None when none came within the time.
+
+        No cancel scope is open across a `yield`: the consumer may stop early (a client that
+        left), and the generator is then finalized elsewhere."""
+        deadline = trio.current_time() + reply_within
+        with self._receive:
+            while True:
+                item: Progress | Reply | None = None
+                with trio.move_on_at(deadline), contextlib.suppress(trio.EndOfChannel):
+                    item = await self._receive.receive()
+                yield item
+                if item is None or isinstance(item, Reply):
+                    return
 
 
 @attrs.frozen

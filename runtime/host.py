@@ -23,6 +23,7 @@ from adapters.admin import memory_routes, probe_routes
 from adapters.api import ApiSettings, HttpApiChannel
 from adapters.base import Channel, Health, Route
 from adapters.http import HttpSettings, allowed_hosts, create_app, serve_http
+from adapters.openai_api import OpenAIChatChannel
 from adapters.ratelimit import trusted_proxies
 from adapters.telegram import TelegramApi, TelegramChannel, TelegramSettings
 from adapters.webhook import ReplayGuard, WebhookChannel
@@ -101,6 +102,25 @@ CHANNELS: Sequence[tuple[str, Callable[[BotParts], Channel | None]]] = (
     ("webhook", _webhooks),
 )
 """Every channel a bot can have, by name: its builder returns None when it is not configured."""
+
+
+def _openai_chat(bots: Mapping[str, Runtime], process: ProcessSettings) -> Channel | None:
+    first = next(iter(bots.values())).config
+    return OpenAIChatChannel(
+        {name: runtime.deliver for name, runtime in bots.items()},
+        reply_timeout=first.turn_timeout_seconds + 30,
+        max_message_chars=first.max_message_chars,
+        client_rate_per_minute=(
+            process.client_rate_per_minute if process.botcore_api_token is None else 0.0
+        ),
+        trusted_proxies=trusted_proxies(process.trusted_proxies),
+    )
+
+
+HOST_CHANNELS: Sequence[
+    tuple[str, Callable[[Mapping[str, Runtime], ProcessSettings], Channel | None]]
+] = (("openai", _openai_chat),)
+"""Channels of the whole host, reaching every bot by name (at the root of the HTTP server)."""
 
 
 def build_channels(parts: BotParts) -> list[Channel]:
@@ -281,6 +301,8 @@ class _Hosted:
     provider: Provider
     runtime: Runtime
     channels: list[Channel] = attrs.field(factory=list)
+    shared: list[Channel] = attrs.field(factory=list)
+    """The host's channels, which reach this bot too (for its recovery)."""
     drained: trio.Event = attrs.field(factory=trio.Event)
 
     def routes(self) -> list[Route]:
@@ -336,6 +358,14 @@ async def serve(
         async with httpx2.AsyncClient() as http, trio.open_nursery() as nursery:
             for each in hosted:
                 each.channels = build_channels(BotParts(each.settings, process, each.runtime, http))
+            runtimes = {each.name: each.runtime for each in hosted}
+            shared = [
+                channel
+                for _, build in HOST_CHANNELS
+                if (channel := build(runtimes, process)) is not None
+            ]
+            for each in hosted:
+                each.shared = shared
             routes: list[Route] = probe_routes(
                 _host_readiness(hosted),
                 lambda: render_all(
@@ -344,6 +374,8 @@ async def serve(
                     [(("bot", each.name),) if len(hosted) > 1 else () for each in hosted],
                 ),
             )
+            for channel in shared:
+                routes += channel.routes()
             for each in hosted:
                 mine = each.routes()
                 routes += [route.under(f"/bots/{each.name}") for route in mine]
@@ -368,12 +400,18 @@ async def serve(
                 process.http_port,
                 http_stopped.wait,
             )
-            for each in hosted:
-                for channel in each.channels:
-                    await nursery.start(channel.run)
+            for channel in [*shared, *(c for each in hosted for c in each.channels)]:
+                await nursery.start(channel.run)
             for each in hosted:
                 identity = await each.bot.identity.load()
                 _banner(each, process, binds, identity, prefixed=len(hosted) > 1)
+            if shared:
+                log.info(
+                    "host channels: %s; OpenAI-compatible chat API at /v1/chat/completions"
+                    " (model: %s)",
+                    ", ".join(channel.name for channel in shared),
+                    ", ".join(repr(each.name) for each in hosted),
+                )
             _warn_unprotected(process)
             task_status.started(binds)
             await shutdown.wait()
@@ -391,14 +429,14 @@ async def serve(
                     "turns still running after the grace period are cancelled; they stay in the inbox"
                 )
             http_stopped.set()
-            for each in hosted:
-                for channel in each.channels:
-                    channel.close()
+            for channel in [*shared, *(c for each in hosted for c in each.channels)]:
+                channel.close()
             nursery.cancel_scope.deadline = trio.current_time() + process.shutdown_grace_seconds
 
 
 async def _run_runtime(hosted: _Hosted, task_status: trio.TaskStatus[None]) -> None:
-    await hosted.runtime.run(responders=recovery(hosted.channels), task_status=task_status)
+    channels = [*hosted.channels, *hosted.shared]
+    await hosted.runtime.run(responders=recovery(channels), task_status=task_status)
     hosted.drained.set()
 
 
