@@ -128,6 +128,9 @@ class HttpApiChannel:
     def close(self) -> None:
         pass
 
+    def problem(self) -> str | None:
+        return None
+
     def recovered(self, session_id: str, address: Mapping[str, Any] | None) -> Responder:
         return _Unattended(session_id)
 

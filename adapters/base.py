@@ -248,7 +248,8 @@ class Channel(Protocol):
 
     `run` is started with `nursery.start` and calls `task_status.started()` once it takes
     input; it returns after `close` once what it has under way is finished. `routes` are
-    mounted on the HTTP server (none for a channel that polls). `recovered` rebuilds the
+    mounted on the HTTP server (none for a channel that polls). `problem` says why it is not
+    ready (its upstream keeps failing), for `/readyz`. `recovered` rebuilds the
     responder of a message accepted before a restart from the `address` it gave with it
     (its `Inbound.address`, unstructured; None when it gave none).
     """
@@ -263,6 +264,10 @@ class Channel(Protocol):
     ) -> None: ...
 
     def close(self) -> None: ...
+
+    def problem(self) -> str | None:
+        """Why the channel cannot take messages now (for readiness), or None."""
+        ...
 
     def recovered(self, session_id: str, address: Mapping[str, Any] | None) -> Responder: ...
 

@@ -379,6 +379,9 @@ class WebhookChannel:
     def close(self) -> None:
         self._callbacks.close()
 
+    def problem(self) -> str | None:
+        return None
+
     def recovered(self, session_id: str, address: Mapping[str, Any] | None) -> Responder:
         if address is not None:
             where = cattrs.structure(address, WebhookAddress)

@@ -142,7 +142,7 @@ def _readiness(runtime: Runtime, channels: Sequence[Channel]) -> Health:
     async def check() -> tuple[int, dict[str, Any]]:
         status, body = await runtime.health()
         for channel in channels:
-            problem = getattr(channel, "problem", lambda: None)()
+            problem = channel.problem()
             if problem is not None:
                 return 503, {**body, "status": "unavailable", channel.name: problem}
         return status, body
@@ -354,7 +354,15 @@ async def serve(
             opened.push_async_callback(_shielded, bot.aclose)
             provider = open_model(settings)
             opened.push_async_callback(_shielded, provider.aclose)
-            hosted.append(_Hosted(name, settings, bot, provider, Runtime(settings, bot, provider)))
+            hosted.append(
+                _Hosted(
+                    name,
+                    settings,
+                    bot,
+                    provider,
+                    Runtime(settings, bot, provider, secrets=process.secrets),
+                )
+            )
         async with httpx2.AsyncClient() as http, trio.open_nursery() as nursery:
             for each in hosted:
                 each.channels = build_channels(BotParts(each.settings, process, each.runtime, http))

@@ -142,6 +142,7 @@ class Runtime:
         *,
         tools: ToolRegistry | None = None,
         policy: RestartPolicy = RestartPolicy(),
+        secrets: Sequence[str | None] = (),
     ) -> None:
         self.config = config
         self.bot = bot
@@ -152,7 +153,7 @@ class Runtime:
             RateLimiter(config.session_rate_per_minute) if config.session_rate_per_minute else None
         )
         tools = tools or ToolRegistry(builtin_tools())
-        redact = Redactor(config.secrets)
+        redact = Redactor((*config.secrets, *secrets))  # `secrets`: the process's (its token)
         # The tools' own threads: a stuck tool never takes the database's or trio's default ones.
         tool_threads = trio.CapacityLimiter(config.tool_threads)
         self.services = SessionServices(

@@ -28,7 +28,16 @@ from adapters.webhook import (
 from runtime.botcore import Bot
 from runtime.config import Config, ConfigError
 from runtime.deliveries import Deliveries
-from runtime.testing import Receiver, local_config, open_local, serve_bot, wait_until
+from runtime.testing import (
+    FakeLLM,
+    Receiver,
+    Slow,
+    Text,
+    local_config,
+    open_local,
+    serve_bot,
+    wait_until,
+)
 
 SECRET = "whsec_" + base64.b64encode(b"a-shared-secret-of-some-length").decode()
 STANDARD = WebhookSource("app", SECRET, "standard", "data.text", "data.user")
@@ -330,3 +339,33 @@ async def test_remembered_deliveries_expire_and_stay_bounded(workspace: Path) ->
             lambda db: db.execute("SELECT count(*) FROM webhook_deliveries").fetchone()[0]
         )
     assert rows <= 10 + 64
+
+
+async def test_a_delivery_with_a_callback_taken_before_a_restart_is_answered_there_after_it(
+    workspace: Path, client: httpx2.AsyncClient, fake_llm: tuple[FakeLLM, str]
+) -> None:
+    model, llm_url = fake_llm
+    model.script(Slow(60, Text("too late")), Text("the deploy is on Friday, noted"))
+    receiver = Receiver()
+    async with open_local(receiver) as url:
+        config = local_config(
+            workspace,
+            webhooks=hooks(callback=f"{url}/replies"),
+            default_model="claude-x",
+            anthropic_api_key="k",
+            anthropic_base_url=llm_url,
+            shutdown_grace_seconds=0.5,
+        )
+        async with serve_bot(config) as bot:
+            response = await client.post(
+                f"{bot.url}/webhooks/app", content=BODY, headers=standard_headers()
+            )
+            assert response.status_code == 202
+            await wait_until(lambda: model.requests)  # the turn is under way; then a stop
+        assert not receiver.received
+        async with serve_bot(config):
+            await wait_until(lambda: receiver.received, within=20)
+    (posted,) = receiver.received
+    assert posted.path == "/replies"
+    assert json.loads(posted.body)["message"] == "the deploy is on Friday, noted"
+    assert posted.headers["webhook-id"] == "reply-msg_1"  # the same delivery's reply
