@@ -9,7 +9,7 @@ import pytest
 
 from runtime.config import Config, ConfigError
 from runtime.host import HostConfig, load_host
-from runtime.testing import Fail, FakeLLM, local_config, make_workspace, serve_bot
+from runtime.testing import Fail, FakeLLM, bot_process, local_config, make_workspace, serve_bot
 
 
 def two_bots(tmp_path: Path, **alice: object) -> HostConfig:
@@ -128,3 +128,28 @@ def test_repeated_workspaces_are_bots_named_by_their_folders(tmp_path: Path) -> 
     assert list(host.bots) == ["support-bot", "sales"]
     assert host.process.http_port == 4200
     assert isinstance(Config.load({}, workspace=first), Config)
+
+
+async def test_serve_with_two_workspaces_runs_both_bots_and_stops_cleanly(
+    tmp_path: Path, client: httpx2.AsyncClient
+) -> None:
+    first = make_workspace(tmp_path / "alice", "- **Name:** Alice\n")
+    second = make_workspace(tmp_path / "bob", "- **Name:** Bob\n")
+    args = ["--workspace", str(first), "--workspace", str(second)]
+    async with bot_process(first, {"DEFAULT_MODEL": "offline"}, args=args) as bot:
+        alice = await ask(client, bot.url, "alice", "hello")
+        bob = await ask(client, bot.url, "bob", "hello")
+        bot.terminate()
+        assert await bot.wait() == 0
+    assert "I'm Alice" in alice.json()["message"] and "I'm Bob" in bob.json()["message"]
+    assert "OpenAI-compatible chat API at /v1/chat/completions (model: 'alice', 'bob')" in bot.log
+
+
+async def test_serve_with_a_host_file(tmp_path: Path, client: httpx2.AsyncClient) -> None:
+    make_workspace(tmp_path / "a", "- **Name:** Ada\n")
+    file = tmp_path / "host.toml"
+    file.write_text('[bots.ada]\nworkspace = "a"\ndefault_model = "offline"\n')
+    async with bot_process(tmp_path / "a", args=["--config", str(file)]) as bot:
+        named = await ask(client, bot.url, "ada", "hello")
+        plain = await client.post(f"{bot.url}/api/message", json={"message": "hello"})
+    assert "I'm Ada" in named.json()["message"] and plain.status_code == 200
