@@ -26,7 +26,6 @@ from werkzeug.exceptions import BadHost, HTTPException
 
 from adapters._web import ApiError, json_response, log_refused
 from adapters.base import Route
-from adapters.ratelimit import Networks
 
 
 @attrs.frozen
@@ -38,8 +37,6 @@ class HttpSettings:
     allowed_hosts: tuple[str, ...] | None = None
     """The `Host` names (port aside) the API answers, against DNS rebinding; None: any.
     See `allowed_hosts`."""
-    trusted_proxies: Networks = ()
-    """Reverse proxies whose `X-Forwarded-For` / `Forwarded` names the client."""
 
 
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")

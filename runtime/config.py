@@ -45,9 +45,10 @@ def _secret_token(value: str | None) -> None:
         )
 
 
+# Not slotted: `Config` joins the two (slotted bases would conflict in its layout).
 @attrs.frozen(slots=False)
 class ProcessSettings:
-    """(Not slotted: `Config` joins it with `BotSettings`.) What the process has once, whatever bots it hosts: the HTTP server, its token and
+    """What the process has once, whatever bots it hosts: the HTTP server, its token and
     limits, logging, the shutdown."""
 
     http_host: str = "127.0.0.1"
@@ -151,7 +152,7 @@ class Config(BotSettings, ProcessSettings):
 
     @property
     def secrets(self) -> tuple[str | None, ...]:
-        return (*BotSettings.secrets.fget(self), *ProcessSettings.secrets.fget(self))  # type: ignore[attr-defined]
+        return (*self.bot.secrets, *self.process.secrets)
 
     @property
     def process(self) -> ProcessSettings:

@@ -394,7 +394,6 @@ async def serve(
                     api_token=process.botcore_api_token,
                     max_body_bytes=process.max_body_bytes,
                     allowed_hosts=allowed_hosts(process.allowed_hosts, process.http_host),
-                    trusted_proxies=trusted_proxies(process.trusted_proxies),
                 ),
                 routes,
             )
