@@ -19,6 +19,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
+import attrs
 import trio
 from quart import Response, request
 
@@ -69,23 +70,28 @@ class _Unattended:
         pass
 
 
+@attrs.frozen
+class ChatBot:
+    """One bot as the chat API reaches it: its `deliver` and its limits."""
+
+    deliver: Deliver
+    reply_timeout: float = 150.0
+    max_message_chars: int = 32_000
+
+
 class OpenAIChatChannel:
-    """The OpenAI chat API for the bots of a host, by name (`bots`: name → deliver)."""
+    """The OpenAI chat API for the bots of a host, by name (the `model`)."""
 
     name = "openai"
 
     def __init__(
         self,
-        bots: Mapping[str, Deliver],
+        bots: Mapping[str, ChatBot],
         *,
-        reply_timeout: float = 150.0,
-        max_message_chars: int = 32_000,
         client_rate_per_minute: float = 0.0,
         trusted_proxies: Networks = (),
     ) -> None:
         self._bots = dict(bots)
-        self._reply_timeout = reply_timeout
-        self._max_chars = max_message_chars
         self._proxies = trusted_proxies
         self._clients = RateLimiter(client_rate_per_minute) if client_rate_per_minute else None
 
@@ -132,8 +138,8 @@ class OpenAIChatChannel:
         if not isinstance(body, dict):
             raise _invalid("the body must be a JSON object")
         model = body.get("model")
-        deliver = self._bots.get(model) if isinstance(model, str) else None
-        if deliver is None:
+        bot = self._bots.get(model) if isinstance(model, str) else None
+        if bot is None:
             raise _OpenAIError(
                 404,
                 f"there is no bot {model!r}; GET /v1/models lists them: "
@@ -143,9 +149,10 @@ class OpenAIChatChannel:
             )
         assert isinstance(model, str)
         text = _last_user_text(body.get("messages"))
-        if len(text) > self._max_chars:
+        if len(text) > bot.max_message_chars:
             raise _invalid(
-                f"the last user message is {len(text)} characters; the limit is {self._max_chars}",
+                f"the last user message is {len(text)} characters;"
+                f" the limit is {bot.max_message_chars}",
                 "messages",
             )
         session = request.headers.get("X-Session-Id") or body.get("user") or uuid.uuid4().hex
@@ -161,24 +168,24 @@ class OpenAIChatChannel:
             StreamingResponder() if stream else WaitingResponder()
         )
         with refusals():
-            await deliver(Inbound(self.name, session, text, responder, key, client))
+            await bot.deliver(Inbound(self.name, session, text, responder, key, client))
         created = int(time.time())
         if isinstance(responder, StreamingResponder):
-            return event_stream(self._chunks(responder, model, created))
-        with trio.move_on_after(self._reply_timeout):
+            return event_stream(self._chunks(responder, model, created, bot.reply_timeout))
+        with trio.move_on_after(bot.reply_timeout):
             reply = await responder.wait()
             if reply.error is not None:
                 raise _OpenAIError(reply_status(reply), reply.error.message, code=reply.error.kind)
             return json_response(_completion(reply, model, created), 200)
         raise _OpenAIError(
             504,
-            f"no reply within {self._reply_timeout:g}s; the message is kept and will be "
+            f"no reply within {bot.reply_timeout:g}s; the message is kept and will be "
             "answered, retry with the same Idempotency-Key to get the answer",
             code="timeout",
         )
 
     async def _chunks(
-        self, responder: StreamingResponder, model: str, created: int
+        self, responder: StreamingResponder, model: str, created: int, within: float
     ) -> AsyncIterator[bytes]:
         ident = f"chatcmpl-{uuid.uuid4().hex}"
 
@@ -195,7 +202,7 @@ class OpenAIChatChannel:
             return f"data: {json.dumps(data, ensure_ascii=False)}\n\n".encode()
 
         yield chunk({"role": "assistant", "content": ""})
-        async for item in responder.items(self._reply_timeout):
+        async for item in responder.items(within):
             if isinstance(item, TextDelta):
                 yield chunk({"content": item.text})
             elif isinstance(item, TextDiscarded):
@@ -207,7 +214,7 @@ class OpenAIChatChannel:
                 else:
                     yield chunk({}, "stop", usage=_usage(item), botcore=_extension(item))
             elif item is None:
-                yield _error_event(f"no reply within {self._reply_timeout:g}s", 504, "timeout")
+                yield _error_event(f"no reply within {within:g}s", 504, "timeout")
         yield b"data: [DONE]\n\n"
 
 

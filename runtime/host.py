@@ -23,7 +23,7 @@ from adapters.admin import memory_routes, probe_routes
 from adapters.api import ApiSettings, HttpApiChannel
 from adapters.base import Channel, Health, Route
 from adapters.http import HttpSettings, allowed_hosts, create_app, serve_http
-from adapters.openai_api import OpenAIChatChannel
+from adapters.openai_api import ChatBot, OpenAIChatChannel
 from adapters.ratelimit import trusted_proxies
 from adapters.telegram import TelegramApi, TelegramChannel, TelegramSettings
 from adapters.webhook import ReplayGuard, WebhookChannel
@@ -105,11 +105,15 @@ CHANNELS: Sequence[tuple[str, Callable[[BotParts], Channel | None]]] = (
 
 
 def _openai_chat(bots: Mapping[str, Runtime], process: ProcessSettings) -> Channel | None:
-    first = next(iter(bots.values())).config
     return OpenAIChatChannel(
-        {name: runtime.deliver for name, runtime in bots.items()},
-        reply_timeout=first.turn_timeout_seconds + 30,
-        max_message_chars=first.max_message_chars,
+        {
+            name: ChatBot(
+                runtime.deliver,
+                reply_timeout=runtime.config.turn_timeout_seconds + 30,
+                max_message_chars=runtime.config.max_message_chars,
+            )
+            for name, runtime in bots.items()
+        },
         client_rate_per_minute=(
             process.client_rate_per_minute if process.botcore_api_token is None else 0.0
         ),
