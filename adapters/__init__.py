@@ -6,6 +6,7 @@ Adapters know nothing of models or memory; they call a `Deliver` and answer with
 from adapters.base import (
     Accepted,
     Busy,
+    Channel,
     ChannelError,
     Deliver,
     Inbound,
@@ -14,6 +15,7 @@ from adapters.base import (
     Reply,
     ReplyError,
     Responder,
+    Route,
     TextDelta,
     TextDiscarded,
     ToolProgress,
@@ -23,6 +25,7 @@ from adapters.base import (
 __all__ = [
     "Accepted",
     "Busy",
+    "Channel",
     "ChannelError",
     "Deliver",
     "Inbound",
@@ -31,6 +34,7 @@ __all__ = [
     "Reply",
     "ReplyError",
     "Responder",
+    "Route",
     "TextDelta",
     "TextDiscarded",
     "ToolProgress",

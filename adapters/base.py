@@ -10,10 +10,13 @@ Error tree of what `Deliver` may raise to a channel::
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import contextlib
+import math
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Any, Literal, Protocol
 
 import attrs
+import trio
 
 JSONScalar = str | int | float | bool | None
 
@@ -81,13 +84,70 @@ class Responder(Protocol):
     def progress(self, event: Progress) -> None: ...
 
 
+class WaitingResponder:
+    """Holds the reply for the caller that waits on it (an HTTP request, a test)."""
+
+    def __init__(self) -> None:
+        self._done = trio.Event()
+        self._reply: Reply | None = None
+
+    def reply(self, reply: Reply) -> None:
+        if self._reply is None:
+            self._reply = reply
+            self._done.set()
+
+    def progress(self, event: Progress) -> None:
+        pass
+
+    async def wait(self) -> Reply:
+        await self._done.wait()
+        assert self._reply is not None
+        return self._reply
+
+
+class StreamingResponder:
+    """The turn as it happens, for a stream: progress events, then the reply (`items`)."""
+
+    def __init__(self) -> None:
+        # Unbounded: a turn's output is bounded by the model's max_tokens, and dropping a
+        # delta would corrupt the text the client assembles.
+        self._send, self._receive = trio.open_memory_channel[Progress | Reply](math.inf)
+
+    def reply(self, reply: Reply) -> None:
+        with contextlib.suppress(trio.ClosedResourceError, trio.BrokenResourceError):
+            self._send.send_nowait(reply)
+            self._send.close()
+
+    def progress(self, event: Progress) -> None:
+        with contextlib.suppress(trio.ClosedResourceError, trio.BrokenResourceError):
+            self._send.send_nowait(event)
+
+    async def items(self, reply_within: float) -> AsyncIterator[Progress | Reply | None]:
+        """What the turn produces, up to its reply; None when none came within the time.
+
+        No cancel scope is open across a `yield`: the consumer may stop early (a client that
+        left), and the generator is then finalized elsewhere."""
+        deadline = trio.current_time() + reply_within
+        with self._receive:
+            while True:
+                item: Progress | Reply | None = None
+                with trio.move_on_at(deadline), contextlib.suppress(trio.EndOfChannel):
+                    item = await self._receive.receive()
+                yield item
+                if item is None or isinstance(item, Reply):
+                    return
+
+
 @attrs.frozen
 class Inbound:
     """One message from a channel for one session.
 
     `session_id` is the channel's own id for the conversation (`test-123`, a chat id);
     `session_key` prefixes it with the channel so two channels never share a session.
-    `message_id` is the channel's idempotency key, when it has one.
+    `message_id` is the channel's idempotency key, when it has one. `address` is where its
+    answer goes, for a channel that can still answer after a restart: a frozen attrs
+    instance of the channel's own, stored with the message (as JSON) and given back to
+    `Channel.recovered`.
     """
 
     channel: str
@@ -96,6 +156,7 @@ class Inbound:
     responder: Responder = attrs.field(eq=False, repr=False)
     message_id: str | None = None
     sender: str | None = None
+    address: attrs.AttrsInstance | None = None
 
     @property
     def session_key(self) -> str:
@@ -154,3 +215,67 @@ def reply_body(reply: Reply) -> dict[str, Any]:
     if reply.error is not None:
         body["error"] = {"type": reply.error.kind, "message": reply.error.message}
     return body
+
+
+# -- channels ----------------------------------------------------------------------------
+
+Handler = Callable[..., Awaitable[Any]]
+"""A route's handler: Quart's `request` in context, the path's parameters as keywords;
+returns a Quart response."""
+
+
+@attrs.frozen
+class Route:
+    """An HTTP route a channel mounts on the server shell (`adapters.http`).
+
+    `public` routes authenticate by their own means (a signature, a secret header): the
+    shell's bearer token and Origin check do not apply to them.
+    """
+
+    method: Literal["GET", "POST"]
+    path: str
+    handler: Handler = attrs.field(eq=False)
+    public: bool = False
+
+    def under(self, prefix: str) -> Route:
+        """The same route below `prefix` (`/bots/alice`)."""
+        return attrs.evolve(self, path=prefix.rstrip("/") + self.path)
+
+
+class Channel(Protocol):
+    """A way messages reach a bot and answers leave it: one module, one row in the host's
+    table of channels.
+
+    `run` is started with `nursery.start` and calls `task_status.started()` once it takes
+    input; it returns after `close` once what it has under way is finished. `routes` are
+    mounted on the HTTP server (none for a channel that polls). `problem` says why it is not
+    ready (its upstream keeps failing), for `/readyz`. `recovered` rebuilds the
+    responder of a message accepted before a restart from the `address` it gave with it
+    (its `Inbound.address`, unstructured; None when it gave none).
+    """
+
+    @property
+    def name(self) -> str: ...
+
+    def routes(self) -> Sequence[Route]: ...
+
+    async def run(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None: ...
+
+    def close(self) -> None: ...
+
+    def problem(self) -> str | None:
+        """Why the channel cannot take messages now (for readiness), or None."""
+        ...
+
+    def recovered(self, session_id: str, address: Mapping[str, Any] | None) -> Responder: ...
+
+
+Reset = Callable[[str, Callable[[bool], None]], Awaitable[None]]
+"""Forget a session's conversation (by session key) in order with its messages; the
+callback says whether it ran. Raises `Busy` or `Unavailable`, as `Deliver` does."""
+
+
+Health = Callable[[], Awaitable[tuple[int, dict[str, Any]]]]
+"""Readiness: (HTTP status, body)."""

@@ -1,28 +1,21 @@
-"""The HTTP channel: quart-trio served by hypercorn's trio worker.
+"""The HTTP server shell: quart-trio served by hypercorn's trio worker, knowing no channel.
 
-`POST /api/message` takes the seed's request verbatim
-(`{"message": "Hello!", "session_id": "test-123"}`) and answers
-`{"message": ..., "session_id": ..., "metadata": {...}}`. Every error is JSON a person can act
-on: `{"error": {"type": ..., "message": ...}}` with the matching status.
+It checks what every request shares (the `Host` against DNS rebinding, the bearer token,
+cross-site POSTs, the body's size and arrival time) and answers every error as JSON a person
+can act on: `{"error": {"type": ..., "message": ...}}` with the matching status. The routes
+come from the channels and the admin API (`adapters.base.Route`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import hmac
-import json
-import logging
 import math
-import re
-import time
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable
 from ipaddress import ip_address
-from typing import Any, Protocol, TypeVar
+from typing import Any
 from urllib.parse import urlsplit
 
 import attrs
-import cattrs
 import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve
@@ -31,62 +24,19 @@ from quart_trio import QuartTrio
 from quart_trio.asgi import TrioASGIHTTPConnection
 from werkzeug.exceptions import BadHost, HTTPException
 
-from adapters._json import InvalidJson, decode_json
-from adapters.base import (
-    Accepted,
-    Busy,
-    Deliver,
-    Inbound,
-    KeyReused,
-    Progress,
-    Reply,
-    TextDelta,
-    TextDiscarded,
-    ToolProgress,
-    Unavailable,
-    reply_body,
-)
-from adapters.ratelimit import Networks, RateLimiter, client_address
-from adapters.telegram import TelegramWebhook
-from adapters.webhook import (
-    CallbackResponder,
-    CallbackSender,
-    ReplayGuard,
-    SignatureError,
-    WebhookSource,
-    parse,
-    verify,
-)
-
-log = logging.getLogger("adapters.http")
-
-T = TypeVar("T")
-_SESSION_ID = re.compile(r"[\w.:@-]{1,128}")
-_ERROR_STATUS = {
-    "provider": 502,
-    "timeout": 504,
-    "tool_rounds": 422,
-    "crashed": 500,
-    "stopped": 503,
-    "internal": 500,
-}
+from adapters._web import ApiError, json_response, log_refused
+from adapters.base import Route
 
 
 @attrs.frozen
 class HttpSettings:
     api_token: str | None = attrs.field(default=None, repr=False)
     max_body_bytes: int = 1 << 20
-    max_message_chars: int = 32_000
-    reply_timeout: float = 150.0
     body_timeout: float = 30.0
     """A request body must have arrived within this (a slow sender gets 408 and is closed)."""
-    client_rate_per_minute: float = 0.0
-    """Per-client (remote address) limit when no API token is configured; 0 is off."""
     allowed_hosts: tuple[str, ...] | None = None
     """The `Host` names (port aside) the API answers, against DNS rebinding; None: any.
     See `allowed_hosts`."""
-    trusted_proxies: Networks = ()
-    """Reverse proxies whose `X-Forwarded-For` / `Forwarded` names the client."""
 
 
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
@@ -110,145 +60,6 @@ def _is_loopback(host: str) -> bool:
         return ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
-
-
-@attrs.frozen
-class MessageRequest:
-    message: str
-    session_id: str | None = None
-    message_id: str | None = None
-    stream: bool = False
-
-
-@attrs.frozen
-class RecallRequest:
-    query: str
-    limit: int = 5
-    types: list[str] | None = None
-
-
-@attrs.frozen
-class StoreRequest:
-    content: str
-    type: str = "factual"
-    importance: float = 0.5
-    metadata: dict[str, Any] = attrs.field(factory=dict)
-
-
-class MemoryEndpoints(Protocol):
-    """The bot's memory as the HTTP API offers it (BotCoreBot's memory API). Invalid input
-    raises `ValueError` with a message for the client."""
-
-    async def recall(
-        self, query: str, limit: int, types: Sequence[str] | None
-    ) -> list[dict[str, Any]]: ...
-
-    async def store(
-        self, content: str, type: str, importance: float, metadata: Mapping[str, Any]
-    ) -> int: ...
-
-    async def consolidate(self) -> dict[str, Any]: ...
-
-    async def stats(self) -> dict[str, Any]: ...
-
-
-class HttpResponder:
-    """Holds the reply for the request that waits on it."""
-
-    def __init__(self) -> None:
-        self._done = trio.Event()
-        self._reply: Reply | None = None
-
-    def reply(self, reply: Reply) -> None:
-        if self._reply is None:
-            self._reply = reply
-            self._done.set()
-
-    def progress(self, event: Progress) -> None:
-        pass
-
-    async def wait(self) -> Reply:
-        await self._done.wait()
-        assert self._reply is not None
-        return self._reply
-
-
-class StreamingResponder:
-    """Feeds a Server-Sent Events response: deltas and tool events, then the reply."""
-
-    def __init__(self) -> None:
-        # Unbounded: a turn's output is bounded by the model's max_tokens, and dropping a
-        # delta would corrupt the text the client assembles.
-        self._send, self._receive = trio.open_memory_channel[Progress | Reply](math.inf)
-
-    def reply(self, reply: Reply) -> None:
-        with contextlib.suppress(trio.ClosedResourceError, trio.BrokenResourceError):
-            self._send.send_nowait(reply)
-            self._send.close()
-
-    def progress(self, event: Progress) -> None:
-        with contextlib.suppress(trio.ClosedResourceError, trio.BrokenResourceError):
-            self._send.send_nowait(event)
-
-    async def events(self, reply_within: float) -> AsyncIterator[bytes]:
-        """The SSE byte stream: `delta`, `tool`, `discard`, then `done` (or `error` if the turn
-        failed)."""
-        async with self._receive:
-            with trio.move_on_after(reply_within):
-                async for item in self._receive:
-                    if isinstance(item, TextDelta):
-                        yield _sse("delta", {"text": item.text})
-                    elif isinstance(item, TextDiscarded):
-                        yield _sse("discard", {"text": item.text})
-                    elif isinstance(item, ToolProgress):
-                        yield _sse("tool", attrs.asdict(item))
-                    else:
-                        yield _sse("done" if item.error is None else "error", reply_body(item))
-                        return
-            yield _sse(
-                "error",
-                {"error": {"type": "timeout", "message": f"no reply within {reply_within:g}s"}},
-            )
-
-
-def _sse(event: str, data: Mapping[str, Any]) -> bytes:
-    return f"event: {event}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n".encode()
-
-
-class ApiError(Exception):
-    def __init__(
-        self, status: int, kind: str, message: str, headers: Mapping[str, str] | None = None
-    ) -> None:
-        super().__init__(message)
-        self.status, self.kind, self.headers = status, kind, dict(headers or {})
-
-
-_converter = cattrs.Converter()
-
-
-def _exactly(kind: type) -> Callable[[object, type], object]:
-    """cattrs' default turns 42 into "42" and "no" into True; JSON input must not."""
-
-    def structure(value: object, _: type) -> object:
-        if type(value) is not kind:
-            raise TypeError(f"expected {kind.__name__}, got {type(value).__name__}")
-        return value
-
-    return structure
-
-
-def _number(value: object, _: type) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TypeError(f"expected a number, got {type(value).__name__}")
-    return float(value)
-
-
-_converter.register_structure_hook(str, _exactly(str))
-_converter.register_structure_hook(bool, _exactly(bool))
-_converter.register_structure_hook(int, _exactly(int))
-_converter.register_structure_hook(float, _number)
-_strict = _converter.copy(forbid_extra_keys=True)
-"""For JSON bodies: an unknown (mistyped) field is an error, named in the answer."""
 
 
 _CLOSE = (b"connection", b"close")
@@ -320,7 +131,7 @@ class _HttpConnection(TrioASGIHTTPConnection):
             # Raised while Quart builds the request context, before any error handler of
             # the app can answer (a Host label over 63 characters, an empty one): a 500.
             error = {"type": "invalid_host", "message": "the Host header is not a valid host name"}
-            response = _json({"error": error}, 400)
+            response = json_response({"error": error}, 400)
         timeout = getattr(response, "timeout", Ellipsis)
         if timeout is Ellipsis:
             timeout = self.app.config["RESPONSE_TIMEOUT"]
@@ -328,36 +139,29 @@ class _HttpConnection(TrioASGIHTTPConnection):
             await self._send_response(send, response)
 
 
-def reply_status(reply: Reply) -> int:
-    return 200 if reply.error is None else _ERROR_STATUS.get(reply.error.kind, 500)
-
-
-def create_app(
-    deliver: Deliver,
-    settings: HttpSettings,
-    *,
-    health: Callable[[], Awaitable[tuple[int, dict[str, Any]]]] | None = None,
-    metrics: Callable[[], str] | None = None,
-    webhooks: Mapping[str, WebhookSource] | None = None,
-    callbacks: CallbackSender | None = None,
-    replays: ReplayGuard | None = None,
-    telegram: TelegramWebhook | None = None,
-    memory: MemoryEndpoints | None = None,
-) -> QuartTrio:
+def create_app(settings: HttpSettings, routes: Iterable[Route]) -> QuartTrio:
+    """The server with `routes` mounted; a path mounted twice is a `ValueError`."""
     app = QuartTrio("botcorebot")
     app.asgi_http_class = _HttpConnection
-    clients = (
-        RateLimiter(settings.client_rate_per_minute)
-        if settings.client_rate_per_minute and settings.api_token is None
-        else None
-    )
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.config["BODY_TIMEOUT"] = settings.body_timeout
+    public: set[str] = set()
+    for route in routes:
+        endpoint = f"{route.method} {route.path}"
+        if endpoint in app.view_functions:
+            raise ValueError(f"two routes for {endpoint}")
+        app.add_url_rule(route.path, endpoint, route.handler, methods=[route.method])
+        if route.public:
+            public.add(endpoint)
+
+    def is_public() -> bool:
+        rule = request.url_rule
+        return rule is not None and rule.endpoint in public
 
     @app.errorhandler(ApiError)
     async def api_error(error: ApiError) -> Response:
-        _log_refused(error.status, error.kind, str(error))
-        return _json(
+        log_refused(error.status, error.kind, str(error))
+        return json_response(
             {"error": {"type": error.kind, "message": str(error)}}, error.status, error.headers
         )
 
@@ -368,13 +172,13 @@ def create_app(
             message = f"request body is larger than {settings.max_body_bytes} bytes"
         else:
             message = error.description or error.name
-        _log_refused(status, _slug(error.name), message)
-        return _json({"error": {"type": _slug(error.name), "message": message}}, status)
+        log_refused(status, _slug(error.name), message)
+        return json_response({"error": {"type": _slug(error.name), "message": message}}, status)
 
     @app.before_request
     async def check_host() -> None:
         """A DNS-rebinding page reaches us under its own name: answer only ours."""
-        if settings.allowed_hosts is None or _public(request.path):
+        if settings.allowed_hosts is None or is_public():
             return
         host = request.headers.get("Host", "")
         if host and _host_name(host) not in settings.allowed_hosts:
@@ -387,7 +191,7 @@ def create_app(
 
     @app.before_request
     async def authenticate() -> None:
-        if settings.api_token is None or _public(request.path):
+        if settings.api_token is None or is_public():
             return
         header = request.headers.get("Authorization", "")
         scheme, _, token = header.partition(" ")
@@ -407,7 +211,7 @@ def create_app(
     async def refuse_cross_site() -> None:
         """A browser may send a form or a simple POST anywhere without asking; JSON from
         another site needs a CORS preflight, which this API never grants."""
-        if request.method in ("GET", "HEAD", "OPTIONS") or _public(request.path):
+        if request.method in ("GET", "HEAD", "OPTIONS") or is_public():
             return
         origin = request.headers.get("Origin")
         if origin is not None and _origin_host(origin) != _host_name(
@@ -422,247 +226,7 @@ def create_app(
                 f" (got {request.mimetype or 'none'})",
             )
 
-    @app.get("/healthz")
-    async def healthz() -> Response:
-        return _json({"status": "ok"}, 200)
-
-    @app.get("/readyz")
-    async def readyz() -> Response:
-        if health is None:
-            return _json({"status": "ok"}, 200)
-        status, body = await health()
-        return _json(body, status)
-
-    @app.get("/metrics")
-    async def prometheus() -> Response:
-        if metrics is None:
-            raise ApiError(404, "not_found", "metrics are not enabled")
-        return Response(metrics(), status=200, content_type="text/plain; version=0.0.4")
-
-    @app.post("/api/message")
-    async def message() -> Response:
-        client = client_address(
-            request.remote_addr,
-            settings.trusted_proxies,
-            x_forwarded_for=", ".join(request.headers.getlist("X-Forwarded-For")) or None,
-            forwarded=", ".join(request.headers.getlist("Forwarded")) or None,
-        )
-        if clients is not None:
-            wait = clients.acquire(client)
-            if wait:
-                raise ApiError(
-                    429,
-                    "rate_limited",
-                    "too many requests from this client; slow down or configure BOTCORE_API_TOKEN",
-                    {"Retry-After": str(max(1, math.ceil(wait)))},
-                )
-        payload = await _read_message(settings)
-        key = request.headers.get("Idempotency-Key") or payload.message_id
-        if key is not None and len(key) > 255:
-            raise ApiError(400, "invalid_request", "an Idempotency-Key is at most 255 characters")
-        session_id = payload.session_id or uuid.uuid4().hex
-        streaming = payload.stream or "text/event-stream" in request.headers.get("Accept", "")
-        responder = StreamingResponder() if streaming else HttpResponder()
-        inbound = Inbound(
-            channel="http",
-            session_id=session_id,
-            text=payload.message,
-            responder=responder,
-            message_id=key,
-            sender=client,
-        )
-        with _refusals():
-            await deliver(inbound)
-        if isinstance(responder, StreamingResponder):
-            stream = Response(
-                responder.events(settings.reply_timeout),
-                status=200,
-                content_type="text/event-stream",
-                headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-            )
-            # The events bound themselves by `reply_timeout`; Quart's RESPONSE_TIMEOUT (60 s)
-            # would cut a longer turn off mid-stream, an incomplete body and no `done`.
-            stream.timeout = None
-            return stream
-        with trio.move_on_after(settings.reply_timeout):
-            reply = await responder.wait()
-            return _json(reply_body(reply), reply_status(reply))
-        raise ApiError(
-            504,
-            "timeout",
-            f"no reply within {settings.reply_timeout:g}s; the message is kept and will be "
-            "answered, retry with the same Idempotency-Key to get the answer",
-        )
-
-    @app.post("/webhooks/<name>")
-    async def webhook(name: str) -> Response:
-        source = (webhooks or {}).get(name)
-        if source is None:
-            raise ApiError(404, "not_found", f"no webhook source {name!r} is configured")
-        body = await request.get_data(as_text=False)
-        assert isinstance(body, bytes)
-        try:
-            delivery = verify(source, dict(request.headers), body, time.time())
-        except SignatureError as exc:
-            log.warning("webhook %s refused: %s", name, exc)
-            raise ApiError(
-                401, "invalid_signature", "the webhook signature is missing, wrong or stale"
-            ) from None
-        try:
-            text, session = parse(source, body)
-        except InvalidJson as exc:
-            raise ApiError(400, "invalid_json", str(exc)) from None
-        except ValueError as exc:
-            raise ApiError(400, "invalid_request", str(exc)) from None
-        if source.callback is not None and callbacks is not None:
-            responder: HttpResponder | CallbackResponder = CallbackResponder(
-                callbacks, source, delivery
-            )
-        else:
-            responder = HttpResponder()
-        inbound = Inbound("webhook", session, text, responder, message_id=delivery, sender=name)
-        with _refusals():
-            if replays is None:
-                accepted: Accepted | None = await deliver(inbound)
-            else:
-                accepted = await replays.deliver(source, delivery, body, inbound, deliver)
-        if accepted is None or accepted.repeat:
-            return _json({"status": "duplicate", "id": delivery}, 200)
-        if isinstance(responder, CallbackResponder):
-            return _json({"status": "accepted", "id": delivery}, 202)
-        with trio.move_on_after(settings.reply_timeout):
-            reply = await responder.wait()
-            return _json(reply_body(reply), reply_status(reply))
-        raise ApiError(504, "timeout", f"no reply within {settings.reply_timeout:g}s")
-
-    def memory_api() -> MemoryEndpoints:
-        if memory is None:
-            raise ApiError(404, "not_found", "the memory API is not enabled")
-        return memory
-
-    @app.post("/api/v1/memory/recall")
-    async def memory_recall() -> Response:
-        endpoints = memory_api()
-        asked = await _read_json(RecallRequest, _strict)
-        if not asked.query.strip():
-            raise ApiError(400, "invalid_request", "'query' must not be empty")
-        if not 1 <= asked.limit <= 100:
-            raise ApiError(400, "invalid_request", "'limit' must be between 1 and 100")
-        started = time.perf_counter()
-        with _invalid():
-            results = await endpoints.recall(asked.query, asked.limit, asked.types)
-        took = round((time.perf_counter() - started) * 1000, 2)
-        return _json({"results": results, "took_ms": took}, 200)
-
-    @app.post("/api/v1/memory/store")
-    async def memory_store() -> Response:
-        endpoints = memory_api()
-        given = await _read_json(StoreRequest, _strict)
-        with _invalid():
-            memory_id = await endpoints.store(
-                given.content, given.type, given.importance, given.metadata
-            )
-        return _json({"id": memory_id, "success": True}, 200)
-
-    @app.post("/api/v1/memory/consolidate")
-    async def memory_consolidate() -> Response:
-        return _json(await memory_api().consolidate(), 200)
-
-    @app.get("/api/v1/memory/stats")
-    async def memory_stats() -> Response:
-        return _json(await memory_api().stats(), 200)
-
-    @app.post("/telegram/webhook")
-    async def telegram_update() -> Response:
-        if telegram is None:
-            raise ApiError(404, "not_found", "the Telegram webhook is not configured")
-        given = request.headers.get("X-Telegram-Bot-Api-Secret-Token", "")
-        if not hmac.compare_digest(given.encode(), telegram.secret.encode()):
-            log.warning("Telegram webhook refused: wrong or missing secret token")
-            raise ApiError(401, "unauthorized", "the secret token is missing or wrong")
-        update = await _read_body_json()
-        if not isinstance(update, dict):
-            raise ApiError(
-                400, "invalid_request", "the body is not a Telegram update (JSON object)"
-            )
-        with _refusals():
-            await telegram.handle(update)
-        return _json({"ok": True}, 200)
-
     return app
-
-
-@contextlib.contextmanager
-def _invalid() -> Iterator[None]:
-    """A `ValueError` from the bot (an unknown memory type...) is the client's 400."""
-    try:
-        yield
-    except ValueError as exc:
-        raise ApiError(400, "invalid_request", str(exc)) from None
-
-
-@contextlib.contextmanager
-def _refusals() -> Iterator[None]:
-    """The runtime's refusals (`Busy`, `Unavailable`) as HTTP errors."""
-    try:
-        yield
-    except Busy as exc:
-        retry = str(max(1, round(exc.retry_after)))
-        raise ApiError(429, "busy", str(exc), {"Retry-After": retry}) from exc
-    except Unavailable as exc:
-        raise ApiError(503, "unavailable", str(exc), {"Retry-After": "5"}) from exc
-    except KeyReused as exc:
-        raise ApiError(422, "idempotency_key_reused", str(exc)) from exc
-
-
-async def _read_json(model: type[T], converter: cattrs.Converter = _converter) -> T:
-    """The JSON body as `model`, or a 4xx naming what is wrong (the content type is checked
-    for every POST by `refuse_cross_site`)."""
-    data = await _read_body_json()
-    if not isinstance(data, dict):
-        raise ApiError(400, "invalid_request", "the body must be a JSON object")
-    try:
-        return converter.structure(data, model)
-    except cattrs.ClassValidationError as exc:
-        # "required field missing @ $.message" → "'message': required field missing"
-        problems = "; ".join(
-            f"'{where}': {what}" if where else what
-            for what, _, where in (m.partition(" @ $.") for m in cattrs.transform_error(exc))
-        )
-        raise ApiError(400, "invalid_request", problems) from None
-
-
-async def _read_body_json() -> object:
-    raw = await request.get_data(as_text=False)
-    assert isinstance(raw, bytes)
-    try:
-        return decode_json(raw)
-    except InvalidJson as exc:
-        raise ApiError(400, "invalid_json", str(exc)) from None
-
-
-async def _read_message(settings: HttpSettings) -> MessageRequest:
-    payload = await _read_json(MessageRequest, _strict)
-    if not payload.message.strip():
-        raise ApiError(400, "invalid_request", "'message' must not be empty")
-    if len(payload.message) > settings.max_message_chars:
-        raise ApiError(
-            413,
-            "message_too_long",
-            f"'message' is {len(payload.message)} characters; the limit is {settings.max_message_chars}",
-        )
-    if payload.session_id is not None and not _SESSION_ID.fullmatch(payload.session_id):
-        raise ApiError(
-            400,
-            "invalid_request",
-            "'session_id' must be 1-128 letters, digits or '.:@_-'",
-        )
-    return payload
-
-
-def _public(path: str) -> bool:
-    """Probes, and the webhooks (authenticated by their signatures instead of the token)."""
-    return path in ("/healthz", "/readyz", "/telegram/webhook") or path.startswith("/webhooks/")
 
 
 def _origin_host(origin: str) -> str | None:
@@ -681,31 +245,6 @@ def _host_name(host: str) -> str:
     if host.count(":") == 1:
         host = host.partition(":")[0]
     return host.rstrip(".")
-
-
-def _json(
-    body: Mapping[str, Any], status: int, headers: Mapping[str, str] | None = None
-) -> Response:
-    return Response(
-        json.dumps(body, ensure_ascii=False),
-        status=status,
-        headers=dict(headers or {}),
-        content_type="application/json",
-    )
-
-
-def _log_refused(status: int, kind: str, message: str) -> None:
-    """One line per refused request, for operators (the client got the same message)."""
-    log.log(
-        logging.WARNING if status >= 500 else logging.INFO,
-        "refused %s %s from %s: %d %s: %s",
-        request.method,
-        request.path,
-        request.remote_addr,
-        status,
-        kind,
-        message,
-    )
 
 
 def _slug(name: str) -> str:

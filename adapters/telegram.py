@@ -8,11 +8,12 @@ it again and the inbox knows it by its update id, so it is answered once.
 from __future__ import annotations
 
 import contextlib
+import hmac
 import logging
 import math
 import re
 from collections import deque
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 import attrs
@@ -20,8 +21,10 @@ import cattrs
 import httpx2
 import trio
 from cattrs.gen import make_dict_structure_fn, override
+from quart import Response, request
 
-from adapters.base import Busy, Deliver, Inbound, Progress, Reply, Unavailable
+from adapters._web import ApiError, json_response, read_body_json, refusals
+from adapters.base import Busy, Deliver, Inbound, Progress, Reply, Reset, Route, Unavailable
 
 log = logging.getLogger("adapters.telegram")
 
@@ -55,6 +58,10 @@ class TelegramSettings:
     typing_every: float = 4.0
     typing_for: float = 180.0
     """Typing is shown at most this long for one turn."""
+    webhook_secret: str | None = attrs.field(default=None, repr=False)
+    """Webhook mode: Telegram POSTs updates to `/telegram/webhook` with this in the
+    `X-Telegram-Bot-Api-Secret-Token` header (`setWebhook(secret_token=...)`); the channel
+    does not poll."""
 
     @staticmethod
     def parse_users(spec: str) -> frozenset[str]:
@@ -241,6 +248,14 @@ def _units(text: str) -> int:
 
 
 @attrs.frozen
+class TelegramAddress:
+    """Where the answer to a message goes, stored with it: its chat, replying to it."""
+
+    chat_id: int
+    reply_to: int | None = None
+
+
+@attrs.frozen
 class _Outgoing:
     chat_id: int
     text: str
@@ -252,8 +267,9 @@ class _Outgoing:
 class TelegramChannel:
     """Turns updates into messages for the runtime and sends the answers back.
 
-    `run` owns the sending side (answers, typing) until `close`; `handle` takes one update
-    from the poller or the webhook and returns once the runtime has it durably.
+    `run` owns the sending side (answers, typing) and the intake (long polling, or in
+    webhook mode learning who the bot is) until `close`; `handle` takes one update from
+    the poller or the webhook and returns once the runtime has it durably.
 
     `reset(session key, done)` forgets a chat's conversation in order with its messages and
     calls `done(forgotten)` once it ran; it raises `Busy` or `Unavailable` as `deliver` does.
@@ -265,7 +281,7 @@ class TelegramChannel:
         settings: TelegramSettings,
         deliver: Deliver,
         *,
-        reset: Callable[[str, Callable[[bool], None]], Awaitable[None]],
+        reset: Reset,
     ) -> None:
         self.api = api
         self.settings = settings
@@ -280,8 +296,38 @@ class TelegramChannel:
         self._busy_noted: set[int] = set()
         """Chats with a busy note not sent yet."""
         self._typing: trio.Nursery | None = None
+        self._intake = trio.CancelScope()
+
+    name = "telegram"
+
+    def routes(self) -> Sequence[Route]:
+        if self.settings.webhook_secret is None:
+            return ()
+        return (Route("POST", "/telegram/webhook", self._webhook, public=True),)
+
+    def problem(self) -> str | None:
+        """Why the channel is not ready (its Bot API calls keep failing), or None."""
+        return self.api.failing
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Take updates (poll, or in webhook mode learn who the bot is) and send the answers,
+        until `close`."""
+        async with trio.open_nursery() as nursery:
+            await nursery.start(self._run_sends)
+            nursery.start_soon(self._run_intake)
+            task_status.started()
+
+    async def _run_intake(self) -> None:
+        with self._intake:
+            if self.settings.webhook_secret is not None:
+                if await self.identify():
+                    log.info("Telegram: webhook mode, updates arrive at POST /telegram/webhook")
+                return
+            await TelegramPoller(self).run()
+
+    async def _run_sends(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
         """Send the answers: one task per chat that has some, at most `max_sends` of them
         (a chat that cannot be sent to holds up only its own answers and one slot)."""
         async with trio.open_nursery() as sends, trio.open_nursery() as typing:
@@ -299,7 +345,8 @@ class TelegramChannel:
             typing.cancel_scope.cancel()
 
     def close(self) -> None:
-        """Take no more answers; `run` returns once those under way are sent."""
+        """Take no more updates nor answers; `run` returns once those under way are sent."""
+        self._intake.cancel()
         self._send.close()
 
     async def identify(self) -> bool:
@@ -314,10 +361,28 @@ class TelegramChannel:
         log.info("Telegram: connected as @%s", self.me.username)
         return True
 
-    def recovered(self, chat_id: str, message_id: str | None) -> TelegramResponder:
+    def recovered(self, session_id: str, address: Mapping[str, Any] | None) -> TelegramResponder:
         """The responder of a message accepted before a restart: it answers in its chat."""
-        _, _, reply_to = (message_id or "").partition(":")
-        return TelegramResponder(self, int(chat_id), int(reply_to) if reply_to else None)
+        if address is None:  # stored by a version that kept no address: the chat is the session
+            where = TelegramAddress(int(session_id))
+        else:
+            where = _converter.structure(address, TelegramAddress)
+        return TelegramResponder(self, where.chat_id, where.reply_to)
+
+    async def _webhook(self) -> Response:
+        secret = self.settings.webhook_secret or ""
+        given = request.headers.get("X-Telegram-Bot-Api-Secret-Token", "")
+        if not hmac.compare_digest(given.encode(), secret.encode()):
+            log.warning("Telegram webhook refused: wrong or missing secret token")
+            raise ApiError(401, "unauthorized", "the secret token is missing or wrong")
+        update = await read_body_json()
+        if not isinstance(update, dict):
+            raise ApiError(
+                400, "invalid_request", "the body is not a Telegram update (JSON object)"
+            )
+        with refusals():
+            await self.handle(update)
+        return json_response({"ok": True}, 200)
 
     async def handle(self, raw: object) -> None:
         """One update. A chat whose session is busy (full mailbox, too fast) is told to send
@@ -357,8 +422,9 @@ class TelegramChannel:
                     str(chat),
                     text,
                     responder,
-                    message_id=f"{update.update_id}:{message.message_id}",
+                    message_id=str(update.update_id),
                     sender=_who(message.sender),
+                    address=TelegramAddress(chat, reply_to),
                 )
             )
         except Busy as exc:
@@ -528,15 +594,6 @@ def _who(user: _User | None) -> str | None:
     if user is None:
         return None
     return f"@{user.username}" if user.username else str(user.id)
-
-
-@attrs.frozen
-class TelegramWebhook:
-    """Webhook mode: Telegram POSTs updates to `/telegram/webhook` with `secret` in the
-    `X-Telegram-Bot-Api-Secret-Token` header (set with `setWebhook(secret_token=...)`)."""
-
-    secret: str = attrs.field(repr=False)
-    handle: Callable[[object], Awaitable[None]]
 
 
 # -- long polling -------------------------------------------------------------------------

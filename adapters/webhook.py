@@ -1,4 +1,4 @@
-"""Signed webhooks: `POST /webhooks/<source>` on the HTTP server.
+"""Signed webhooks: the channel of `POST /webhooks/<source>` on the HTTP server.
 
 Signatures are checked before anything else, with constant-time comparison:
 
@@ -28,11 +28,24 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Literal, Protocol
 
 import attrs
+import cattrs
 import httpx2
 import trio
+from quart import Response, request
 
-from adapters._json import decode_json
-from adapters.base import Accepted, Deliver, Inbound, Progress, Reply, reply_body
+from adapters._json import InvalidJson, decode_json
+from adapters._web import ApiError, json_response, refusals, reply_status
+from adapters.base import (
+    Accepted,
+    Deliver,
+    Inbound,
+    Progress,
+    Reply,
+    Responder,
+    Route,
+    WaitingResponder,
+    reply_body,
+)
 
 log = logging.getLogger("adapters.webhook")
 
@@ -316,3 +329,112 @@ class CallbackResponder:
 
     def progress(self, event: Progress) -> None:
         pass
+
+
+@attrs.frozen
+class WebhookAddress:
+    """Where the reply to a delivery goes, stored with it: its source's callback."""
+
+    source: str
+    delivery: str
+
+
+class _Unattended:
+    """A delivery taken before a restart whose sender waited for the answer in the
+    response: nobody waits any more (a replay is acknowledged as a duplicate)."""
+
+    def reply(self, reply: Reply) -> None:
+        log.info("recovered webhook delivery of %s answered", reply.session_id)
+
+    def progress(self, event: Progress) -> None:
+        pass
+
+
+class WebhookChannel:
+    """`POST /webhooks/<name>` for the configured sources of one bot."""
+
+    name = "webhook"
+
+    def __init__(
+        self,
+        deliver: Deliver,
+        sources: Mapping[str, WebhookSource],
+        replays: ReplayGuard | None,
+        *,
+        reply_timeout: float = 150.0,
+        callbacks: CallbackSender | None = None,
+    ) -> None:
+        self._deliver = deliver
+        self.sources = dict(sources)
+        self._replays = replays
+        self._reply_timeout = reply_timeout
+        self._callbacks = callbacks or CallbackSender()
+
+    def routes(self) -> Sequence[Route]:
+        return (Route("POST", "/webhooks/<name>", self._webhook, public=True),)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        await self._callbacks.run(task_status=task_status)
+
+    def close(self) -> None:
+        self._callbacks.close()
+
+    def problem(self) -> str | None:
+        return None
+
+    def recovered(self, session_id: str, address: Mapping[str, Any] | None) -> Responder:
+        if address is not None:
+            where = cattrs.structure(address, WebhookAddress)
+            source = self.sources.get(where.source)
+            if source is not None and source.callback is not None:
+                return CallbackResponder(self._callbacks, source, where.delivery)
+        return _Unattended()
+
+    async def _webhook(self, name: str) -> Response:
+        source = self.sources.get(name)
+        if source is None:
+            raise ApiError(404, "not_found", f"no webhook source {name!r} is configured")
+        body = await request.get_data(as_text=False)
+        assert isinstance(body, bytes)
+        try:
+            delivery = verify(source, dict(request.headers), body, time.time())
+        except SignatureError as exc:
+            log.warning("webhook %s refused: %s", name, exc)
+            raise ApiError(
+                401, "invalid_signature", "the webhook signature is missing, wrong or stale"
+            ) from None
+        try:
+            text, session = parse(source, body)
+        except InvalidJson as exc:
+            raise ApiError(400, "invalid_json", str(exc)) from None
+        except ValueError as exc:
+            raise ApiError(400, "invalid_request", str(exc)) from None
+        responder: WaitingResponder | CallbackResponder
+        if source.callback is not None:
+            responder = CallbackResponder(self._callbacks, source, delivery)
+        else:
+            responder = WaitingResponder()
+        inbound = Inbound(
+            self.name,
+            session,
+            text,
+            responder,
+            message_id=delivery,
+            sender=name,
+            address=WebhookAddress(name, delivery),
+        )
+        with refusals():
+            if self._replays is None:
+                accepted: Accepted | None = await self._deliver(inbound)
+            else:
+                accepted = await self._replays.deliver(
+                    source, delivery, body, inbound, self._deliver
+                )
+        if accepted is None or accepted.repeat:
+            return json_response({"status": "duplicate", "id": delivery}, 200)
+        if isinstance(responder, CallbackResponder):
+            return json_response({"status": "accepted", "id": delivery}, 202)
+        with trio.move_on_after(self._reply_timeout):
+            reply = await responder.wait()
+            return json_response(reply_body(reply), reply_status(reply))
+        raise ApiError(504, "timeout", f"no reply within {self._reply_timeout:g}s")

@@ -34,11 +34,13 @@ from adapters import (
     TextDiscarded,
     ToolProgress,
 )
-from runtime.app import Runtime, model_summary, open_model, serve
 from runtime.botcore import Bot, BotCoreError
 from runtime.config import CONFIG_FILE, Config, ConfigError
+from runtime.host import HostConfig, load_host, serve
 from runtime.inbox import Inbox, InboxEntry
+from runtime.lifecycle import Runtime, model_summary
 from runtime.llm import ProviderError
+from runtime.llm.select import open_model
 from runtime.logs import configure_logging
 from runtime.scaffold import FILES, scaffold
 
@@ -86,7 +88,27 @@ def _parser() -> argparse.ArgumentParser:
     parser.set_defaults(workspace=None, parser=parser)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    serve_cmd = _command(commands, "serve", "run the bot: HTTP API, Telegram, webhooks")
+    serve_cmd = _command(
+        commands, "serve", "run the bot: HTTP API, Telegram, webhooks", workspace=False
+    )
+    serve_cmd.add_argument(
+        "--workspace",
+        "-w",
+        type=Path,
+        action="append",
+        dest="workspaces",
+        default=argparse.SUPPRESS,
+        metavar="DIR",
+        help="a bot's folder (BOTCORE_WORKSPACE); repeat it to serve several bots",
+    )
+    serve_cmd.add_argument(
+        "--config",
+        type=Path,
+        dest="host_file",
+        default=argparse.SUPPRESS,
+        metavar="FILE",
+        help="a host file: process settings and a [bots.NAME] table per bot",
+    )
     serve_cmd.add_argument(
         "--port", type=int, default=argparse.SUPPRESS, help="HTTP port (HTTP_PORT, default 3000)"
     )
@@ -310,13 +332,25 @@ def _shown(path: Path) -> str:
 
 
 def _run_serve(args: argparse.Namespace) -> int:
-    config = _load_config(args)
-    configure_logging(config.log_level, config.log_format, config.secrets)
+    workspaces: list[Path] = getattr(args, "workspaces", [])
+    file: Path | None = getattr(args, "host_file", None)
+    if file is None and len(workspaces) <= 1:
+        if workspaces:
+            args.workspace = workspaces[0]
+        config: Config | HostConfig = _load_config(args)
+    else:
+        environ = dict(os.environ)
+        if getattr(args, "port", None) is not None:
+            environ["HTTP_PORT"] = str(args.port)
+        config = load_host(environ, workspaces=workspaces, file=file)
+        args.config = config.process
+    process = config.process if isinstance(config, HostConfig) else config
+    configure_logging(process.log_level, process.log_format, config.secrets)
     trio.run(_serve, config)
     return 0
 
 
-async def _serve(config: Config) -> None:
+async def _serve(config: Config | HostConfig) -> None:
     shutdown = trio.Event()
     async with trio.open_nursery() as nursery:
 

@@ -7,13 +7,13 @@ import re
 import tomllib
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, TypeVar
 
 import attrs
 import cattrs
 
 from adapters.ratelimit import trusted_proxies
-from adapters.webhook import secret_problem
+from adapters.webhook import WebhookSource, secret_problem
 
 CONFIG_FILE = "botcore.toml"
 
@@ -45,17 +45,39 @@ def _secret_token(value: str | None) -> None:
         )
 
 
-@attrs.frozen
-class WebhookSettings:
-    """A `[webhooks.NAME]` table of botcore.toml; see `adapters.webhook.WebhookSource`."""
+# Not slotted: `Config` joins the two (slotted bases would conflict in its layout).
+@attrs.frozen(slots=False)
+class ProcessSettings:
+    """What the process has once, whatever bots it hosts: the HTTP server, its token and
+    limits, logging, the shutdown."""
 
-    secret: str | None = attrs.field(default=None, repr=False)
-    secret_env: str | None = None
-    """The environment variable holding the secret, to keep it out of the file."""
-    scheme: Literal["standard", "github"] = "standard"
-    text: str = "message"
-    session: str | None = None
-    callback: str | None = None
+    http_host: str = "127.0.0.1"
+    http_port: int = attrs.field(
+        default=3000,
+        validator=attrs.validators.and_(attrs.validators.ge(0), attrs.validators.le(65535)),
+    )
+    http_keep_alive_seconds: float = attrs.field(default=5.0, validator=_positive)
+    """An idle HTTP connection (no new request for this long) is closed by the server."""
+    allowed_hosts: str = ""
+    """Comma-separated `Host` names the HTTP API answers; empty: loopback names when bound
+    to loopback, anything otherwise. `*` allows any (behind a proxy that checks it)."""
+    trusted_proxies: str = attrs.field(
+        default="", validator=lambda _, __, value: trusted_proxies(value)
+    )
+    """Comma-separated addresses/CIDRs of reverse proxies whose X-Forwarded-For/Forwarded
+    names the client (for the per-client rate limit); empty: none is trusted."""
+    botcore_api_token: str | None = attrs.field(default=None, repr=False)
+    log_level: str = attrs.field(default="info", validator=_log_level)
+    log_format: str = attrs.field(
+        default="plain", validator=attrs.validators.in_(("plain", "json"))
+    )
+    client_rate_per_minute: float = attrs.field(default=600.0, validator=attrs.validators.ge(0))
+    max_body_bytes: int = attrs.field(default=1 << 20, validator=_positive)
+    shutdown_grace_seconds: float = attrs.field(default=10.0, validator=_positive)
+
+    @property
+    def secrets(self) -> tuple[str | None, ...]:
+        return (self.botcore_api_token,)
 
 
 @attrs.frozen
@@ -76,8 +98,11 @@ class McpServerSettings:
     """The values read from the environment (filled in at load, not set in the file)."""
 
 
-@attrs.frozen
-class Config:
+@attrs.frozen(slots=False)
+class BotSettings:
+    """What each bot has of its own: workspace and database, model and keys, Telegram,
+    webhooks, limits of its turns and sessions."""
+
     workspace: Path = Path(".")
     engram_db_path: Path | None = None
     default_model: str | None = None
@@ -100,29 +125,7 @@ class Config:
         repr=False,
         validator=lambda _, __, value: _secret_token(value),
     )
-    http_host: str = "127.0.0.1"
-    http_port: int = attrs.field(
-        default=3000,
-        validator=attrs.validators.and_(attrs.validators.ge(0), attrs.validators.le(65535)),
-    )
-    http_keep_alive_seconds: float = attrs.field(default=5.0, validator=_positive)
-    """An idle HTTP connection (no new request for this long) is closed by the server."""
-    allowed_hosts: str = ""
-    """Comma-separated `Host` names the HTTP API answers; empty: loopback names when bound
-    to loopback, anything otherwise. `*` allows any (behind a proxy that checks it)."""
-    trusted_proxies: str = attrs.field(
-        default="", validator=lambda _, __, value: trusted_proxies(value)
-    )
-    """Comma-separated addresses/CIDRs of reverse proxies whose X-Forwarded-For/Forwarded
-    names the client (for the per-client rate limit); empty: none is trusted."""
-    botcore_api_token: str | None = attrs.field(default=None, repr=False)
-    log_level: str = attrs.field(default="info", validator=_log_level)
-    log_format: str = attrs.field(
-        default="plain", validator=attrs.validators.in_(("plain", "json"))
-    )
-    client_rate_per_minute: float = attrs.field(default=600.0, validator=attrs.validators.ge(0))
     session_rate_per_minute: float = attrs.field(default=0.0, validator=attrs.validators.ge(0))
-    max_body_bytes: int = attrs.field(default=1 << 20, validator=_positive)
     max_message_chars: int = attrs.field(default=32_000, validator=_positive)
     mailbox_size: int = attrs.field(default=64, validator=_positive)
     session_idle_seconds: float = attrs.field(default=300.0, validator=_positive)
@@ -135,7 +138,6 @@ class Config:
     model_max_retries: int = attrs.field(default=3, validator=attrs.validators.ge(0))
     turn_timeout_seconds: float = attrs.field(default=120.0, validator=_positive)
     tool_timeout_seconds: float = attrs.field(default=30.0, validator=_positive)
-    shutdown_grace_seconds: float = attrs.field(default=10.0, validator=_positive)
     max_tool_calls: int = attrs.field(default=32, validator=_positive)
     """Tool calls run per model answer; the rest get an error result."""
     tool_concurrency: int = attrs.field(default=4, validator=_positive)
@@ -144,7 +146,9 @@ class Config:
     """Worker threads the file and task tools may hold at once (their own pool)."""
     identity_writable: bool = False
     """Whether tools may change IDENTITY.md, SOUL.md and USER.md (each change is kept)."""
-    webhooks: dict[str, WebhookSettings] = attrs.field(factory=dict)
+    webhooks: dict[str, WebhookSource] = attrs.field(factory=dict)
+    """The `[webhooks.NAME]` tables of botcore.toml, each a `WebhookSource` named by its
+    table; `secret_env` in a table names the environment variable holding its secret."""
     mcp: dict[str, McpServerSettings] = attrs.field(factory=dict)
 
     @property
@@ -154,7 +158,6 @@ class Config:
             self.openai_api_key,
             self.telegram_bot_token,
             self.telegram_webhook_secret,
-            self.botcore_api_token,
             *(hook.secret for hook in self.webhooks.values()),
             *(secret for server in self.mcp.values() for secret in server.secrets),
         )
@@ -163,11 +166,35 @@ class Config:
     def db_path(self) -> Path:
         return self.engram_db_path or self.workspace / "engram.db"
 
+
+@attrs.frozen(slots=False)
+class Config(BotSettings, ProcessSettings):
+    """One workspace's configuration as botcore.toml and the environment give it: the
+    process's settings and its bot's, in one flat namespace (`HTTP_PORT`, `DEFAULT_MODEL`).
+    A host of several bots (`runtime.host.HostConfig`) takes the process's part once."""
+
+    @property
+    def secrets(self) -> tuple[str | None, ...]:
+        return (*self.bot.secrets, *self.process.secrets)
+
+    @property
+    def process(self) -> ProcessSettings:
+        return _part(self, ProcessSettings)
+
+    @property
+    def bot(self) -> BotSettings:
+        return _part(self, BotSettings)
+
     @classmethod
     def load(
-        cls, environ: Mapping[str, str] | None = None, *, workspace: Path | None = None
+        cls,
+        environ: Mapping[str, str] | None = None,
+        *,
+        workspace: Path | None = None,
+        overrides: Mapping[str, object] | None = None,
     ) -> Config:
-        """Read `botcore.toml` from the workspace (if any), then the environment over it."""
+        """Read `botcore.toml` from the workspace (if any), then the environment over it,
+        then `overrides` (a host file's `[bots.NAME]` table: that bot's own) over both."""
         environ = os.environ if environ is None else environ
         root = workspace or Path(environ.get("BOTCORE_WORKSPACE") or ".")
         names = {field.name for field in attrs.fields(cls)}
@@ -191,7 +218,12 @@ class Config:
             if raw is not None and raw.strip() != "":
                 values[name] = raw.strip()
                 source.names.discard(name)
+        unknown = sorted(set(overrides or {}) - names)
+        if unknown:
+            raise ConfigError(f"unknown bot setting(s): {', '.join(unknown)}")
+        values.update(overrides or {})
         values["workspace"] = str(root)
+        secret_from = _webhook_tables(values, environ)
         try:
             config = _converter.structure(values, cls)
         except cattrs.ClassValidationError as exc:
@@ -199,11 +231,15 @@ class Config:
             raise ConfigError("invalid configuration: " + "; ".join(problems)) from None
         except ValueError as exc:
             raise ConfigError(f"invalid configuration: {exc}") from None
-        return attrs.evolve(
-            config,
-            webhooks=_webhook_secrets(config.webhooks, environ),
-            mcp=_mcp_servers(config.mcp, environ),
-        )
+        for name, hook in config.webhooks.items():
+            # Checked now: a secret that cannot sign would make every delivery a 401.
+            where = secret_from.get(name, "secret")
+            if not hook.secret:
+                raise ConfigError(f"webhook source {name!r} has no secret: set {where}")
+            problem = secret_problem(hook.scheme, hook.secret)
+            if problem is not None:
+                raise ConfigError(f"webhook source {name!r}: {problem}; check its {where}")
+        return attrs.evolve(config, mcp=_mcp_servers(config.mcp, environ))
 
 
 _MCP_NAME = re.compile(r"[A-Za-z0-9-]+(_[A-Za-z0-9-]+)*")
@@ -242,22 +278,25 @@ def _mcp_servers(
     return resolved
 
 
-def _webhook_secrets(
-    hooks: dict[str, WebhookSettings], environ: Mapping[str, str]
-) -> dict[str, WebhookSettings]:
-    """Each source with its secret in place (read from `secret_env` where given), checked
-    now: a secret that cannot sign would make every delivery a 401."""
-    resolved = {}
-    for name, hook in hooks.items():
-        secret = environ.get(hook.secret_env, "") if hook.secret_env else hook.secret
-        where = f"${hook.secret_env}" if hook.secret_env else "secret"
-        if not secret:
-            raise ConfigError(f"webhook source {name!r} has no secret: set {where}")
-        problem = secret_problem(hook.scheme, secret)
-        if problem is not None:
-            raise ConfigError(f"webhook source {name!r}: {problem}; check its {where}")
-        resolved[name] = attrs.evolve(hook, secret=secret)
-    return resolved
+def _webhook_tables(values: dict[str, object], environ: Mapping[str, str]) -> dict[str, str]:
+    """Each `[webhooks.NAME]` table made a `WebhookSource`'s fields in place: named by its
+    table, its secret read from `secret_env` where given. Returns where each secret came
+    from (`$VARIABLE`), for the messages."""
+    tables = values.get("webhooks")
+    if not isinstance(tables, dict):
+        return {}
+    secret_from = {}
+    for name, table in tables.items():
+        if not isinstance(table, dict):
+            continue
+        table = dict(table)
+        variable = table.pop("secret_env", None)
+        if variable is not None:
+            table["secret"] = environ.get(str(variable), "")
+            secret_from[name] = f"${variable}"
+        table.setdefault("secret", "")
+        tables[name] = {**table, "name": name}
+    return secret_from
 
 
 def _expand(value: str, environ: Mapping[str, str], secrets: list[str], where: str) -> str:
@@ -324,6 +363,35 @@ def _explain(exc: cattrs.ClassValidationError, where: Callable[[str], str]) -> l
                 found = (name[1] or name[2]).lower()
                 lines.append(text[: name.start()] + where(found) + text[name.end() :])
     return lines
+
+
+def load_process(
+    values: Mapping[str, object], environ: Mapping[str, str], where: Path
+) -> ProcessSettings:
+    """The process's settings from a host file's top level, the environment over them."""
+    names = {field.name for field in attrs.fields(ProcessSettings)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise ConfigError(f"{where}: unknown process setting(s): {', '.join(unknown)}")
+    merged = dict(values)
+    for name in names:
+        raw = environ.get(name.upper())
+        if raw is not None and raw.strip() != "":
+            merged[name] = raw.strip()
+    try:
+        return _converter.structure(merged, ProcessSettings)
+    except cattrs.ClassValidationError as exc:
+        problems = _explain(exc, lambda path: f"{where}: {path}")
+        raise ConfigError("invalid configuration: " + "; ".join(problems)) from None
+    except ValueError as exc:
+        raise ConfigError(f"invalid configuration: {exc}") from None
+
+
+P = TypeVar("P", bound=ProcessSettings | BotSettings)
+
+
+def _part(config: Config, part: type[P]) -> P:
+    return part(**{field.name: getattr(config, field.name) for field in attrs.fields(part)})
 
 
 _converter = cattrs.Converter()

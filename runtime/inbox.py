@@ -12,7 +12,7 @@ import json
 import sqlite3
 import time
 from collections.abc import Mapping, Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import attrs
 import cattrs
@@ -37,6 +37,8 @@ class InboxEntry:
     message_id: str | None = None
     sender: str | None = None
     reply: Reply | None = None
+    address: dict[str, Any] | None = None
+    """The channel's reply address (`Inbound.address`, unstructured)."""
 
     @property
     def session_key(self) -> str:
@@ -54,6 +56,7 @@ class Inbox:
         is `KeyReused`: replaying the first answer would answer a question nobody asked now.
         """
         now = time.time()
+        address = None if inbound.address is None else _converter.unstructure(inbound.address)
 
         def insert(db: sqlite3.Connection) -> tuple[InboxEntry, bool]:
             if inbound.message_id is not None:
@@ -73,7 +76,7 @@ class Inbox:
                     return earlier, False
             cursor = db.execute(
                 "INSERT INTO inbox (channel, session_id, message_id, sender, text, state,"
-                " created_at, updated_at) VALUES (?, ?, ?, ?, ?, 'received', ?, ?)",
+                " created_at, updated_at, address) VALUES (?, ?, ?, ?, ?, 'received', ?, ?, ?)",
                 (
                     inbound.channel,
                     inbound.session_id,
@@ -82,6 +85,7 @@ class Inbox:
                     inbound.text,
                     now,
                     now,
+                    None if address is None else json.dumps(address),
                 ),
             )
             assert cursor.lastrowid is not None
@@ -93,6 +97,7 @@ class Inbox:
                 "received",
                 inbound.message_id,
                 inbound.sender,
+                address=address,
             )
             return entry, True
 
@@ -181,7 +186,7 @@ class Inbox:
         )
 
 
-_COLUMNS = "id, channel, session_id, text, state, message_id, sender, reply"
+_COLUMNS = "id, channel, session_id, text, state, message_id, sender, reply, address"
 
 
 def _entry(row: tuple[object, ...]) -> InboxEntry:
@@ -195,4 +200,5 @@ def _entry(row: tuple[object, ...]) -> InboxEntry:
         message_id=None if row[5] is None else str(row[5]),
         sender=None if row[6] is None else str(row[6]),
         reply=None if reply is None else _converter.structure(json.loads(str(reply)), Reply),
+        address=None if row[8] is None else json.loads(str(row[8])),
     )

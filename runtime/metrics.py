@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import bisect
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 
 Labels = tuple[tuple[str, str], ...]
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
+def _with(constant: Labels, labels: Labels) -> Labels:
+    return (*constant, *labels)
 
 
 def _labels(labels: Labels) -> str:
@@ -32,11 +36,13 @@ class Counter:
     def value(self, **labels: str) -> float:
         return self._values.get(tuple(sorted(labels.items())), 0.0)
 
-    def render(self) -> Iterable[str]:
+    def header(self) -> Iterable[str]:
         yield f"# HELP {self.name} {self.help}"
         yield f"# TYPE {self.name} counter"
+
+    def samples(self, constant: Labels = ()) -> Iterable[str]:
         for labels, value in sorted(self._values.items()):
-            yield f"{self.name}{_labels(labels)} {value:g}"
+            yield f"{self.name}{_labels(_with(constant, labels))} {value:g}"
 
 
 class Histogram:
@@ -49,17 +55,19 @@ class Histogram:
         self._counts[bisect.bisect_left(self._bounds, value)] += 1
         self._sum += value
 
-    def render(self) -> Iterable[str]:
+    def header(self) -> Iterable[str]:
         yield f"# HELP {self.name} {self.help}"
         yield f"# TYPE {self.name} histogram"
+
+    def samples(self, constant: Labels = ()) -> Iterable[str]:
         running = 0
         for bound, count in zip(self._bounds, self._counts, strict=False):
             running += count
-            yield f'{self.name}_bucket{{le="{bound:g}"}} {running}'
+            yield f"{self.name}_bucket{_labels(_with(constant, (('le', f'{bound:g}'),)))} {running}"
         running += self._counts[-1]
-        yield f'{self.name}_bucket{{le="+Inf"}} {running}'
-        yield f"{self.name}_sum {self._sum:g}"
-        yield f"{self.name}_count {running}"
+        yield f"{self.name}_bucket{_labels(_with(constant, (('le', '+Inf'),)))} {running}"
+        yield f"{self.name}_sum{_labels(constant)} {self._sum:g}"
+        yield f"{self.name}_count{_labels(constant)} {running}"
 
 
 class Gauge:
@@ -68,10 +76,12 @@ class Gauge:
     def __init__(self, name: str, help: str, read: Callable[[], float]) -> None:
         self.name, self.help, self._read = name, help, read
 
-    def render(self) -> Iterable[str]:
+    def header(self) -> Iterable[str]:
         yield f"# HELP {self.name} {self.help}"
         yield f"# TYPE {self.name} gauge"
-        yield f"{self.name} {self._read():g}"
+
+    def samples(self, constant: Labels = ()) -> Iterable[str]:
+        yield f"{self.name}{_labels(constant)} {self._read():g}"
 
 
 class Metrics:
@@ -103,7 +113,10 @@ class Metrics:
         self._gauges.append(Gauge(name, help, read))
 
     def render(self) -> str:
-        parts: list[Counter | Histogram | Gauge] = [
+        return render_all([self])
+
+    def parts(self) -> list[Counter | Histogram | Gauge]:
+        return [
             self.turns,
             self.restarts,
             self.dead_letters,
@@ -114,4 +127,15 @@ class Metrics:
             self.turn_latency,
             *self._gauges,
         ]
-        return "\n".join(line for part in parts for line in part.render()) + "\n"
+
+
+def render_all(metrics: Sequence[Metrics], labels: Sequence[Labels] = ()) -> str:
+    """Several runtimes' measurements in one exposition: each metric's HELP and TYPE once,
+    then its samples from each, with that one's `labels` (`(("bot", "alice"),)`)."""
+    constant = list(labels) or [()] * len(metrics)
+    lines: list[str] = []
+    for index, part in enumerate(metrics[0].parts() if metrics else []):
+        lines += part.header()
+        for each, extra in zip(metrics, constant, strict=True):
+            lines += each.parts()[index].samples(extra)
+    return "\n".join(lines) + "\n"

@@ -93,6 +93,11 @@ _SCHEMA = [
     ) WITHOUT ROWID;
     CREATE INDEX webhook_deliveries_by_age ON webhook_deliveries(seen_at);
     """,
+    # version 4: where a message's answer goes (its channel's reply address, as JSON), so a
+    # message recovered after a restart is answered there
+    """
+    ALTER TABLE inbox ADD COLUMN address TEXT;
+    """,
 ]
 
 

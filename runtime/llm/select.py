@@ -7,8 +7,9 @@ from typing import Literal
 
 import attrs
 
-from runtime.config import Config, ConfigError
+from runtime.config import BotSettings, ConfigError
 from runtime.llm.base import Provider
+from runtime.llm.fallback import FallbackProvider
 from runtime.llm.offline import OfflineModel
 
 ProviderName = Literal["offline", "anthropic", "openai"]
@@ -45,49 +46,44 @@ def parse_model(name: str) -> ModelChoice:
     )
 
 
-def choose_models(config: Config) -> list[ModelChoice]:
-    """The primary model, then the fallbacks, each checked to have its key."""
-    if config.default_model:
-        primary = parse_model(config.default_model)
-    elif config.anthropic_api_key:
-        primary = ModelChoice("anthropic", SEED_DEFAULT_MODEL)
-    elif config.openai_api_key:
-        primary = ModelChoice("openai", OPENAI_DEFAULT_MODEL)
-    else:
-        primary = ModelChoice("offline", "offline")
-    choices = [primary] + [
-        parse_model(name) for name in config.fallback_models.split(",") if name.strip()
-    ]
-    for choice in choices:
-        if choice.provider != "offline" and not _key(choice, config):
-            variable = f"{choice.provider.upper()}_API_KEY"
-            raise ConfigError(f"model {choice} needs {variable}; set it, or DEFAULT_MODEL=offline")
-    return choices
+@attrs.frozen
+class ProviderKind:
+    """How one kind of provider is configured and opened: a row of `PROVIDERS`."""
+
+    key: Callable[[BotSettings], str | None]
+    """Its API key in the configuration (None: it needs none)."""
+    default_model: str | None
+    """The model chosen when only its key is configured (None: never by default)."""
+    open: Callable[[ModelChoice, BotSettings], Provider]
 
 
-def _key(choice: ModelChoice, config: Config) -> str | None:
-    return config.anthropic_api_key if choice.provider == "anthropic" else config.openai_api_key
+def _open_offline(choice: ModelChoice, config: BotSettings) -> Provider:
+    return OfflineModel()
 
 
-def open_provider(choice: ModelChoice, config: Config) -> Provider:
-    """The provider for `choice`; its SDK is imported here, only when it is used."""
-    if choice.provider == "offline":
-        return OfflineModel()
-    sdk_provider: Callable[..., Provider]
-    if choice.provider == "anthropic":
-        from runtime.llm.anthropic import AnthropicProvider
+def _open_anthropic(choice: ModelChoice, config: BotSettings) -> Provider:
+    from runtime.llm.anthropic import AnthropicProvider  # the SDK only when it is used
 
-        sdk_provider = AnthropicProvider
-    else:
-        from runtime.llm.openai import OpenAIProvider
-
-        sdk_provider = OpenAIProvider
-    base_url = (
-        config.anthropic_base_url if choice.provider == "anthropic" else config.openai_base_url
+    return _sdk(
+        AnthropicProvider, choice, config, config.anthropic_api_key, config.anthropic_base_url
     )
-    key = _key(choice, config)
+
+
+def _open_openai(choice: ModelChoice, config: BotSettings) -> Provider:
+    from runtime.llm.openai import OpenAIProvider  # the SDK only when it is used
+
+    return _sdk(OpenAIProvider, choice, config, config.openai_api_key, config.openai_base_url)
+
+
+def _sdk(
+    provider: Callable[..., Provider],
+    choice: ModelChoice,
+    config: BotSettings,
+    key: str | None,
+    base_url: str | None,
+) -> Provider:
     assert key is not None
-    return sdk_provider(
+    return provider(
         choice.model,
         api_key=key,
         base_url=base_url,
@@ -95,3 +91,49 @@ def open_provider(choice: ModelChoice, config: Config) -> Provider:
         max_retries=config.model_max_retries,
         max_concurrency=config.model_concurrency,
     )
+
+
+PROVIDERS: dict[ProviderName, ProviderKind] = {
+    "anthropic": ProviderKind(
+        lambda config: config.anthropic_api_key, SEED_DEFAULT_MODEL, _open_anthropic
+    ),
+    "openai": ProviderKind(
+        lambda config: config.openai_api_key, OPENAI_DEFAULT_MODEL, _open_openai
+    ),
+    "offline": ProviderKind(lambda config: None, None, _open_offline),
+}
+"""Every provider by name, in the order a default model is chosen by the keys present."""
+
+
+def choose_models(config: BotSettings) -> list[ModelChoice]:
+    """The primary model, then the fallbacks, each checked to have its key."""
+    if config.default_model:
+        primary = parse_model(config.default_model)
+    else:
+        primary = next(
+            (
+                ModelChoice(name, kind.default_model)
+                for name, kind in PROVIDERS.items()
+                if kind.default_model is not None and kind.key(config)
+            ),
+            ModelChoice("offline", "offline"),
+        )
+    choices = [primary] + [
+        parse_model(name) for name in config.fallback_models.split(",") if name.strip()
+    ]
+    for choice in choices:
+        if choice.provider != "offline" and not PROVIDERS[choice.provider].key(config):
+            variable = f"{choice.provider.upper()}_API_KEY"
+            raise ConfigError(f"model {choice} needs {variable}; set it, or DEFAULT_MODEL=offline")
+    return choices
+
+
+def open_provider(choice: ModelChoice, config: BotSettings) -> Provider:
+    """The provider for `choice`; its SDK is imported here, only when it is used."""
+    return PROVIDERS[choice.provider].open(choice, config)
+
+
+def open_model(config: BotSettings) -> Provider:
+    """The configured model, behind its fallbacks when there are some."""
+    providers = [open_provider(choice, config) for choice in choose_models(config)]
+    return providers[0] if len(providers) == 1 else FallbackProvider(providers)

@@ -11,9 +11,10 @@ import attrs
 import trio
 
 from actors import RestartPolicy
-from runtime.app import Runtime, serve
 from runtime.botcore import Bot
 from runtime.config import Config
+from runtime.host import HostConfig, serve
+from runtime.lifecycle import Runtime
 from runtime.llm import ModelRequest, ModelResponse, OnText, Provider, UserText
 from runtime.llm.offline import OfflineModel
 
@@ -39,8 +40,9 @@ class RunningBot:
 
 
 @asynccontextmanager
-async def serve_bot(config: Config) -> AsyncIterator[RunningBot]:
-    """Serve the bot for the `async with` block, then shut it down as SIGTERM would."""
+async def serve_bot(config: Config | HostConfig) -> AsyncIterator[RunningBot]:
+    """Serve the bot (or the bots of a host) for the `async with` block, then shut it down
+    as SIGTERM would."""
     shutdown = trio.Event()
     async with trio.open_nursery() as nursery:
         binds: list[str] = await nursery.start(serve, config, shutdown)

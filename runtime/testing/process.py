@@ -7,7 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -55,16 +55,20 @@ _KEYS = (
 
 @asynccontextmanager
 async def bot_process(
-    workspace: Path, env: Mapping[str, str] | None = None, *, ready_within: float = 20.0
+    workspace: Path,
+    env: Mapping[str, str] | None = None,
+    *,
+    ready_within: float = 20.0,
+    args: Sequence[str] = (),
 ) -> AsyncIterator[BotProcess]:
-    """Start `python -m runtime serve` for `workspace` on a free port; yields once /healthz
-    answers. The process is killed on the way out if it is still running."""
+    """Start `python -m runtime serve [args]` for `workspace` on a free port; yields once
+    /healthz answers. The process is killed on the way out if it is still running."""
     port = free_port()
     environ = {k: v for k, v in os.environ.items() if k not in _KEYS}
     environ |= {"BOTCORE_WORKSPACE": str(workspace), "HTTP_PORT": str(port), **(env or {})}
     stderr = bytearray()
     process = await trio.lowlevel.open_process(
-        [sys.executable, "-m", "runtime", "serve"],
+        [sys.executable, "-m", "runtime", "serve", *args],
         env=environ,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,

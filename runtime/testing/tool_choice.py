@@ -22,10 +22,10 @@ import attrs
 import trio
 
 from adapters import Inbound, Reply
-from adapters.http import HttpResponder
-from runtime.app import Runtime
+from adapters.base import WaitingResponder
 from runtime.botcore import Bot
 from runtime.config import Config
+from runtime.lifecycle import Runtime
 from runtime.llm import (
     ModelRequest,
     ModelResponse,
@@ -150,7 +150,7 @@ async def score_tool_choice(
         async with trio.open_nursery() as nursery:
             await nursery.start(runtime.run)
             for number, item in enumerate(items):
-                responder = HttpResponder()
+                responder = WaitingResponder()
                 await runtime.deliver(Inbound("bench", f"s{number}", item.message, responder))
                 with trio.fail_after(30):
                     reply: Reply = await responder.wait()

@@ -9,8 +9,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from adapters.webhook import sign_standard
-from runtime.config import Config, WebhookSettings
+from adapters.webhook import WebhookSource, sign_standard
+from runtime.config import Config
 from runtime.testing import FakeTelegram, local_config
 
 API_TOKEN = "edge-api-token"
@@ -37,7 +37,7 @@ def edge_config(
     return local_config(
         workspace,
         botcore_api_token=API_TOKEN,
-        webhooks={"app": WebhookSettings(secret=WEBHOOK_SECRET, session="user")},
+        webhooks={"app": WebhookSource("app", WEBHOOK_SECRET, session="user")},
         telegram_bot_token=telegram.token,
         telegram_api_base_url=telegram_url,
         telegram_webhook_secret=TELEGRAM_SECRET,

@@ -14,6 +14,7 @@ import httpx2
 import trio
 
 from adapters import Accepted, Inbound
+from adapters.api import ApiSettings, HttpApiChannel
 from adapters.http import HttpSettings, create_app, serve_http
 from runtime.testing import bot_process, local_config, serve_bot
 
@@ -137,7 +138,8 @@ async def test_a_body_sent_too_slowly_is_408_and_the_connection_closed() -> None
     async def deliver(inbound: Inbound) -> Accepted:
         raise AssertionError("a message that never arrived was delivered")
 
-    app = create_app(deliver, HttpSettings(body_timeout=0.5))
+    channel = HttpApiChannel(deliver, ApiSettings(), rate_limited=False)
+    app = create_app(HttpSettings(body_timeout=0.5), channel.routes())
     stop = trio.Event()
     async with trio.open_nursery() as nursery:
         binds = await nursery.start(serve_http, app, "127.0.0.1", 0, stop.wait)
@@ -145,7 +147,7 @@ async def test_a_body_sent_too_slowly_is_408_and_the_connection_closed() -> None
         async with stream:
             await stream.send_all(
                 b"POST /api/message HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-                b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"message\""
+                b'Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{"message"'
             )
             received = bytearray()
             with trio.fail_after(10):

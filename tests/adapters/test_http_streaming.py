@@ -6,6 +6,7 @@ import httpx2
 import trio
 
 from adapters import Accepted, Inbound, Reply
+from adapters.api import ApiSettings, HttpApiChannel
 from adapters.http import HttpSettings, create_app, serve_http
 
 
@@ -22,7 +23,8 @@ async def test_a_stream_longer_than_quarts_response_timeout_is_not_cut(
             nursery.start_soon(answer_later)
             return Accepted(1)
 
-        app = create_app(deliver, HttpSettings(reply_timeout=30))
+        channel = HttpApiChannel(deliver, ApiSettings(reply_timeout=30), rate_limited=False)
+        app = create_app(HttpSettings(), channel.routes())
         app.config["RESPONSE_TIMEOUT"] = 1  # Quart's default is 60 s; a long turn is longer
         stop = trio.Event()
         binds = await nursery.start(serve_http, app, "127.0.0.1", 0, stop.wait)

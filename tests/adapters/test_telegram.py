@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,6 @@ from adapters.telegram import (
     TelegramApi,
     TelegramChannel,
     TelegramError,
-    TelegramPoller,
     TelegramSettings,
     split_message,
 )
@@ -154,8 +154,7 @@ async def test_409_and_5xx_back_off_instead_of_looping(
             runtime.deliver,
             reset=runtime.reset,
         )
-        await nursery.start(channel.run)
-        nursery.start_soon(TelegramPoller(channel).run)
+        await nursery.start(channel.run)  # it polls
         fake.text(3, "hello")
         await wait_until(lambda: fake.sent_to(3))
         nursery.cancel_scope.cancel()
@@ -451,3 +450,19 @@ async def test_an_unreachable_api_is_retried_with_backoff_and_no_token_in_the_lo
     assert failed.value.status == 0 and "Connect" in str(failed.value)
     assert caplog.text.count("retrying in") == 2
     assert token not in caplog.text and token not in str(failed.value)
+
+
+async def test_an_update_is_kept_by_its_update_id_with_a_typed_reply_address(
+    workspace: Path, telegram: Telegram
+) -> None:
+    fake, _ = telegram
+    async with serve_bot(bot_config(workspace, telegram)):
+        update = fake.text(61, "hello there")
+        await wait_until(lambda: fake.sent_to(61))
+    db = sqlite3.connect(workspace / "engram.db")
+    try:
+        ((message_id, address),) = db.execute("SELECT message_id, address FROM inbox").fetchall()
+    finally:
+        db.close()
+    assert message_id == str(update["update_id"])  # the key only: nothing packed to parse back
+    assert json.loads(address) == {"chat_id": 61, "reply_to": update["message"]["message_id"]}

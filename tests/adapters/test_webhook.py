@@ -14,7 +14,7 @@ import pytest
 import trio
 
 from adapters import Accepted, Busy, Inbound
-from adapters.http import HttpResponder
+from adapters.base import WaitingResponder
 from adapters.webhook import (
     CallbackSender,
     ReplayGuard,
@@ -26,9 +26,18 @@ from adapters.webhook import (
     verify,
 )
 from runtime.botcore import Bot
-from runtime.config import Config, ConfigError, WebhookSettings
+from runtime.config import Config, ConfigError
 from runtime.deliveries import Deliveries
-from runtime.testing import Receiver, local_config, open_local, serve_bot, wait_until
+from runtime.testing import (
+    FakeLLM,
+    Receiver,
+    Slow,
+    Text,
+    local_config,
+    open_local,
+    serve_bot,
+    wait_until,
+)
 
 SECRET = "whsec_" + base64.b64encode(b"a-shared-secret-of-some-length").decode()
 STANDARD = WebhookSource("app", SECRET, "standard", "data.text", "data.user")
@@ -95,12 +104,12 @@ def test_text_is_found_by_dotted_path_or_json_pointer() -> None:
         extract(data, "e.g")
 
 
-def hooks(callback: str | None = None) -> dict[str, WebhookSettings]:
+def hooks(callback: str | None = None) -> dict[str, WebhookSource]:
     return {
-        "app": WebhookSettings(
-            secret=SECRET, text="data.text", session="data.user", callback=callback
+        "app": WebhookSource(
+            "app", SECRET, text="data.text", session="data.user", callback=callback
         ),
-        "gh": WebhookSettings(secret="gh-secret", scheme="github", text="/comment/body"),
+        "gh": WebhookSource("gh", "gh-secret", scheme="github", text="/comment/body"),
     }
 
 
@@ -303,7 +312,7 @@ async def test_a_delivery_refused_as_busy_is_taken_when_sent_again(workspace: Pa
 
     async with await Bot.open(workspace) as bot:
         guard = ReplayGuard(Deliveries(bot.db))
-        inbound = Inbound("webhook", "app:u1", "hi", HttpResponder(), message_id="msg_1")
+        inbound = Inbound("webhook", "app:u1", "hi", WaitingResponder(), message_id="msg_1")
         with pytest.raises(Busy):
             await guard.deliver(source, "msg_1", BODY, inbound, deliver)
         assert await guard.deliver(source, "msg_1", BODY, inbound, deliver) == Accepted(1)
@@ -330,3 +339,33 @@ async def test_remembered_deliveries_expire_and_stay_bounded(workspace: Path) ->
             lambda db: db.execute("SELECT count(*) FROM webhook_deliveries").fetchone()[0]
         )
     assert rows <= 10 + 64
+
+
+async def test_a_delivery_with_a_callback_taken_before_a_restart_is_answered_there_after_it(
+    workspace: Path, client: httpx2.AsyncClient, fake_llm: tuple[FakeLLM, str]
+) -> None:
+    model, llm_url = fake_llm
+    model.script(Slow(60, Text("too late")), Text("the deploy is on Friday, noted"))
+    receiver = Receiver()
+    async with open_local(receiver) as url:
+        config = local_config(
+            workspace,
+            webhooks=hooks(callback=f"{url}/replies"),
+            default_model="claude-x",
+            anthropic_api_key="k",
+            anthropic_base_url=llm_url,
+            shutdown_grace_seconds=0.5,
+        )
+        async with serve_bot(config) as bot:
+            response = await client.post(
+                f"{bot.url}/webhooks/app", content=BODY, headers=standard_headers()
+            )
+            assert response.status_code == 202
+            await wait_until(lambda: model.requests)  # the turn is under way; then a stop
+        assert not receiver.received
+        async with serve_bot(config):
+            await wait_until(lambda: receiver.received, within=20)
+    (posted,) = receiver.received
+    assert posted.path == "/replies"
+    assert json.loads(posted.body)["message"] == "the deploy is on Friday, noted"
+    assert posted.headers["webhook-id"] == "reply-msg_1"  # the same delivery's reply

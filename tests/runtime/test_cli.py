@@ -147,13 +147,13 @@ def test_chat_talks_to_the_bot_through_the_session_machinery(workspace: Path) ->
 
 async def test_deadletters_lists_them_and_retry_puts_one_back(workspace: Path) -> None:
     from adapters import Inbound, Reply, ReplyError
-    from adapters.http import HttpResponder
+    from adapters.base import WaitingResponder
     from runtime.botcore import Bot
     from runtime.inbox import Inbox
 
     async with await Bot.open(workspace) as bot:
         inbox = Inbox(bot.db)
-        entry, _ = await inbox.accept(Inbound("http", "s", "poison pill", HttpResponder()))
+        entry, _ = await inbox.accept(Inbound("http", "s", "poison pill", WaitingResponder()))
         crashed = ReplyError("crashed", "crashed 3 times, last with RuntimeError: boom")
         await inbox.dead(entry.id, Reply("sorry", "s", "", error=crashed))
     env = {"BOTCORE_WORKSPACE": str(workspace), "PATH": "/usr/bin:/bin"}
@@ -372,21 +372,17 @@ async def test_the_banner_says_what_runs_where(
     assert "no API key configured" not in bot.log  # offline was chosen, with a key set
 
 
-async def test_a_public_address_without_a_token_is_warned_about(
+def test_a_public_address_without_a_token_is_warned_about(
     workspace: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from runtime.app import _banner
-    from runtime.botcore import Bot
-    from runtime.llm.offline import OfflineModel
+    from runtime.host import _warn_unprotected
 
-    async with await Bot.open(workspace) as bot:
-        identity = await bot.identity.load()
-        config = Config(workspace=workspace, http_host="0.0.0.0")
-        _banner(config, bot, OfflineModel(), ["http://0.0.0.0:3000"], identity)
-        assert "without BOTCORE_API_TOKEN" in caplog.text
-        caplog.clear()
-        _banner(attrs.evolve(config, botcore_api_token="t"), bot, OfflineModel(), [], identity)
-        assert "without BOTCORE_API_TOKEN" not in caplog.text
+    config = Config(workspace=workspace, http_host="0.0.0.0")
+    _warn_unprotected(config.process)
+    assert "without BOTCORE_API_TOKEN" in caplog.text
+    caplog.clear()
+    _warn_unprotected(attrs.evolve(config, botcore_api_token="t").process)
+    assert "without BOTCORE_API_TOKEN" not in caplog.text
 
 
 def test_a_bad_value_in_botcore_toml_is_named_with_file_and_line(workspace: Path) -> None:

@@ -8,11 +8,11 @@ import pytest
 import trio
 
 from adapters import Inbound, KeyReused
-from adapters.http import HttpResponder
+from adapters.base import WaitingResponder
 from runtime.testing import local_config, open_runtime
 
 
-def _message(text: str, responder: HttpResponder) -> Inbound:
+def _message(text: str, responder: WaitingResponder) -> Inbound:
     return Inbound("http", "s", text, responder, message_id="key-1")
 
 
@@ -22,8 +22,8 @@ async def test_a_caller_cancelled_mid_accept_leaves_a_message_a_retry_is_answere
     async with open_runtime(local_config(workspace)) as runtime:
         with trio.CancelScope() as caller:
             caller.cancel()  # the client disconnects while the inbox write is under way
-            await runtime.deliver(_message("remember the code is 4711", HttpResponder()))
-        retry = HttpResponder()
+            await runtime.deliver(_message("remember the code is 4711", WaitingResponder()))
+        retry = WaitingResponder()
         with trio.fail_after(10):
             accepted = await runtime.deliver(_message("remember the code is 4711", retry))
             reply = await retry.wait()
@@ -35,8 +35,8 @@ async def test_a_caller_cancelled_mid_accept_leaves_a_message_a_retry_is_answere
 
 async def test_a_key_reused_for_another_text_is_refused_by_the_inbox(workspace: Path) -> None:
     async with open_runtime(local_config(workspace)) as runtime:
-        first = HttpResponder()
+        first = WaitingResponder()
         await runtime.deliver(_message("hello", first))
         await first.wait()
         with pytest.raises(KeyReused, match=r"'key-1'.*different message"):
-            await runtime.deliver(_message("goodbye", HttpResponder()))
+            await runtime.deliver(_message("goodbye", WaitingResponder()))

@@ -21,10 +21,10 @@ from hypercorn.trio import serve
 from mcp.server.mcpserver import MCPServer
 
 from adapters import Inbound, Reply
-from adapters.http import HttpResponder
-from runtime.app import Runtime
+from adapters.base import WaitingResponder
 from runtime.botcore import Bot
 from runtime.config import Config, ConfigError, McpServerSettings
+from runtime.lifecycle import Runtime
 from runtime.testing import FakeLLM, Text, ToolUse, local_config, open_runtime, serve_bot
 from runtime.testing.waiting import wait_until
 from runtime.tools import ToolContext, ToolRegistry
@@ -51,7 +51,7 @@ needs_servers = pytest.mark.usefixtures("real_servers")
 
 
 async def ask(runtime: Runtime, text: str, session: str = "s") -> str:
-    responder = HttpResponder()
+    responder = WaitingResponder()
     await runtime.deliver(Inbound("test", session, text, responder))
     with trio.fail_after(30):
         reply: Reply = await responder.wait()

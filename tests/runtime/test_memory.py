@@ -11,8 +11,7 @@ import pytest
 import trio
 
 from adapters import Inbound
-from adapters.http import HttpResponder
-from runtime.app import model_summary, open_model
+from adapters.base import WaitingResponder
 from runtime.botcore import (
     Bot,
     InvalidMemory,
@@ -22,7 +21,9 @@ from runtime.botcore import (
     consolidate,
     extractive_summary,
 )
+from runtime.lifecycle import model_summary
 from runtime.llm.offline import OfflineModel
+from runtime.llm.select import open_model
 from runtime.testing import Fail, FakeLLM, Text, local_config, open_runtime, wait_until
 
 DAY = 86_400.0
@@ -94,7 +95,7 @@ async def test_a_correction_is_a_new_fact_not_a_near_duplicate(
 async def test_a_negated_fact_told_to_the_bot_is_kept_with_its_episode(workspace: Path) -> None:
     async with open_runtime(local_config(workspace)) as runtime:
         for text in ("remember my sister is called Anna", "remember my sister is not called Anna"):
-            responder = HttpResponder()
+            responder = WaitingResponder()
             await runtime.deliver(Inbound("http", "s", text, responder))
             assert (await responder.wait()).message == "Got it, I'll remember that."
         kept = [(m.type, m.content) for m in await runtime.bot.memory.export()]

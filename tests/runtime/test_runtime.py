@@ -11,7 +11,7 @@ import trio
 
 from actors import RestartPolicy
 from adapters import Inbound, Reply, Unavailable
-from adapters.http import HttpResponder
+from adapters.base import WaitingResponder
 from runtime.botcore import Bot
 from runtime.inbox import Inbox
 from runtime.llm.offline import OfflineModel
@@ -32,7 +32,7 @@ QUICK = RestartPolicy(max_restarts=2, within=30, backoff_min=0.01, backoff_max=0
 async def ask(
     runtime: object, text: str, session: str = "s", message_id: str | None = None
 ) -> Reply:
-    responder = HttpResponder()
+    responder = WaitingResponder()
     await runtime.deliver(Inbound("test", session, text, responder, message_id))  # type: ignore[attr-defined]
     with trio.fail_after(10):
         return await responder.wait()
@@ -81,7 +81,7 @@ async def test_a_message_that_crashes_its_actor_during_shutdown_is_still_dead_le
 ) -> None:
     model = CrashOn(OfflineModel(), "poison")
     async with open_runtime(local_config(workspace), model, policy=QUICK) as runtime:
-        responder = HttpResponder()
+        responder = WaitingResponder()
         await runtime.deliver(Inbound("test", "s", "poison pill", responder, "m1"))
         await wait_until(lambda: model.crashes >= 1)
         runtime.close()  # the restarts and the last crash happen during the grace period
@@ -107,7 +107,7 @@ async def test_a_slow_model_fails_the_turn_with_a_timeout_reply(
         anthropic_base_url=url,
         turn_timeout_seconds=0.5,
     )
-    from runtime.app import open_model
+    from runtime.llm.select import open_model
 
     async with open_runtime(config, open_model(config)) as runtime:
         reply = await ask(runtime, "hello")
@@ -126,7 +126,9 @@ async def test_unanswered_messages_are_handled_after_a_restart_exactly_once(
     async with await Bot.open(workspace) as bot:
         inbox = Inbox(bot.db)
         for n in (1, 2):
-            await inbox.accept(Inbound("test", "s", f"remember fact {n}", HttpResponder(), f"m{n}"))
+            await inbox.accept(
+                Inbound("test", "s", f"remember fact {n}", WaitingResponder(), f"m{n}")
+            )
     async with open_runtime(config) as runtime:
         # Per-session order: this is answered only after the two recovered messages.
         await ask(runtime, "hello")
@@ -152,7 +154,7 @@ async def test_recovery_of_more_than_a_mailbox_holds_does_not_hold_up_the_start(
     async with await Bot.open(workspace) as bot:
         inbox = Inbox(bot.db)
         for n in range(5):
-            await inbox.accept(Inbound("http", "s", f"message {n}", HttpResponder(), f"m{n}"))
+            await inbox.accept(Inbound("http", "s", f"message {n}", WaitingResponder(), f"m{n}"))
     config = local_config(
         workspace,
         default_model="anthropic:fake",
@@ -187,7 +189,7 @@ async def test_recovered_messages_beyond_the_mailbox_are_answered_in_order(
         inbox = Inbox(bot.db)
         for n in range(6):
             session = "s" if n % 3 else "t"
-            await inbox.accept(Inbound("test", session, f"remember fact {n}", HttpResponder()))
+            await inbox.accept(Inbound("test", session, f"remember fact {n}", WaitingResponder()))
     async with open_runtime(local_config(workspace, mailbox_size=1)) as runtime:
         with trio.fail_after(10):
             while left := await runtime.inbox.unfinished():  # noqa: ASYNC110 - a database poll
@@ -214,16 +216,16 @@ async def test_closing_finishes_the_turn_in_flight_and_refuses_new_messages(
     config = local_config(
         workspace, default_model="anthropic:fake", anthropic_api_key="k", anthropic_base_url=url
     )
-    from runtime.app import open_model
+    from runtime.llm.select import open_model
 
     async with open_runtime(config, open_model(config)) as runtime:
-        in_flight, queued = HttpResponder(), HttpResponder()
+        in_flight, queued = WaitingResponder(), WaitingResponder()
         await runtime.deliver(Inbound("test", "s", "first", in_flight))
         await runtime.deliver(Inbound("test", "s", "second", queued))
         await wait_until(lambda: fake.requests)
         runtime.close()
         with pytest.raises(Unavailable):
-            await runtime.deliver(Inbound("test", "s", "third", HttpResponder()))
+            await runtime.deliver(Inbound("test", "s", "third", WaitingResponder()))
         first, second = await in_flight.wait(), await queued.wait()
         left = await runtime.inbox.unfinished()
     assert first.message == "finished in time"
@@ -239,19 +241,19 @@ async def test_a_reset_runs_after_the_turn_before_it_or_says_it_did_not(
     config = local_config(
         workspace, default_model="anthropic:fake", anthropic_api_key="k", anthropic_base_url=url
     )
-    from runtime.app import open_model
+    from runtime.llm.select import open_model
 
     async with open_runtime(config, open_model(config)) as runtime:
         resets: list[bool] = []
         await ask(runtime, "first")
-        second = HttpResponder()
+        second = WaitingResponder()
         await runtime.deliver(Inbound("test", "s", "second", second))
         await runtime.reset("test:s", resets.append)  # behind "second", which is in flight
         await second.wait()
         await wait_until(lambda: resets)
         forgotten = await runtime.bot.history.turns("test:s")
 
-        third = HttpResponder()
+        third = WaitingResponder()
         await runtime.deliver(Inbound("test", "s", "third", third))
         await wait_until(lambda: len(fake.requests) == 3)
         await runtime.reset("test:s", resets.append)
@@ -281,3 +283,18 @@ async def test_episodes_already_in_the_history_are_not_recalled_twice(
     # if their words overlap: the second repeats "Miso" where the first said it once).
     assert same["metadata"]["memories_recalled"] == 1
     assert other["metadata"]["memories_recalled"] == 3
+
+
+async def test_the_lifecycle_moves_forward_only_and_says_why_it_refuses(workspace: Path) -> None:
+    from runtime.lifecycle import Lifecycle
+
+    async with open_runtime(local_config(workspace)) as runtime:
+        assert runtime.state is Lifecycle.ACCEPTING
+        with pytest.raises(
+            RuntimeError, match="a runtime that is accepting cannot become starting"
+        ):
+            await runtime.run()
+    assert runtime.state is Lifecycle.CLOSED
+    runtime.close()  # closing again does nothing
+    with pytest.raises(Unavailable):
+        await runtime.deliver(Inbound("http", "s", "hi", WaitingResponder()))

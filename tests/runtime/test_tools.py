@@ -12,10 +12,10 @@ import pytest
 import trio
 
 from adapters import Inbound, Reply
-from adapters.http import HttpResponder
-from runtime.app import Runtime
+from adapters.base import WaitingResponder
 from runtime.botcore import Bot
 from runtime.config import Config, ConfigError
+from runtime.lifecycle import Runtime
 from runtime.llm import ToolCall, ToolSpec
 from runtime.logs import Redactor
 from runtime.testing import (
@@ -110,7 +110,7 @@ def test_tool_names_are_unique() -> None:
 
 
 async def ask(runtime: Runtime, text: str, session: str = "s") -> Reply:
-    responder = HttpResponder()
+    responder = WaitingResponder()
     await runtime.deliver(Inbound("test", session, text, responder))
     with trio.fail_after(15):
         return await responder.wait()

@@ -1,39 +1,29 @@
-"""The one place that wires the bot together and starts its nursery."""
+"""One bot's message lifecycle: accept durably, join repeats, recover, dead-letter, drain.
+
+`Runtime` knows no channel and no process: the host (`runtime.host`) builds it, gives it the
+channels' recovery, and owns the nursery it runs in.
+"""
 
 from __future__ import annotations
 
+import enum
 import logging
 import math
 from collections import deque
-from collections.abc import Awaitable, Callable, Mapping, Sequence
-from functools import partial
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import attrs
-import httpx2
 import trio
 
 from actors import ActorCrashed, ActorStopped, MailboxFull, Registry, RestartPolicy
 from adapters import Accepted, Busy, Inbound, Progress, Reply, ReplyError, Responder, Unavailable
-from adapters.http import HttpSettings, allowed_hosts, create_app, serve_http
-from adapters.ratelimit import RateLimiter, trusted_proxies
-from adapters.telegram import (
-    TelegramApi,
-    TelegramChannel,
-    TelegramPoller,
-    TelegramSettings,
-    TelegramWebhook,
-)
-from adapters.webhook import CallbackSender, ReplayGuard, WebhookSource
-from runtime.botcore import Bot, FileTools, Identity, Summarize, TaskGraph, consolidate
-from runtime.config import Config
-from runtime.deliveries import Deliveries
+from adapters.ratelimit import RateLimiter
+from runtime.botcore import Bot, FileTools, Summarize, TaskGraph, consolidate
+from runtime.config import BotSettings
 from runtime.inbox import Inbox, InboxEntry
 from runtime.llm import ModelRequest, Provider, UserText
-from runtime.llm.fallback import FallbackProvider
-from runtime.llm.select import choose_models, open_provider
 from runtime.logs import Redactor
-from runtime.memory_api import MemoryApi
 from runtime.metrics import Metrics
 from runtime.session import Job, SessionActor, SessionServices, TurnLimits
 from runtime.tokens import TokenCounter
@@ -49,6 +39,31 @@ ACCEPT_DEADLINE = 30.0
 """How long `deliver` may wait for the inbox write, shielded from its caller's cancellation."""
 
 RecoveryResponders = Mapping[str, Callable[[InboxEntry], Responder]]
+"""Per channel name: the responder of a message that channel took before a restart."""
+
+
+class Lifecycle(enum.Enum):
+    """Where a `Runtime` is in its life; `Runtime.state`. Moves only forward."""
+
+    NEW = "new"
+    """Built; `run` was not called yet. Messages are refused as unavailable."""
+    STARTING = "starting"
+    """`run` is recovering what the previous process left; messages are still refused."""
+    ACCEPTING = "accepting"
+    """Taking messages."""
+    CLOSING = "closing"
+    """`close` was called: no new messages; the turns in flight finish."""
+    CLOSED = "closed"
+    """`run` has returned: every session actor has finished."""
+
+
+_NEXT: dict[Lifecycle, frozenset[Lifecycle]] = {
+    Lifecycle.NEW: frozenset({Lifecycle.STARTING, Lifecycle.CLOSING}),
+    Lifecycle.STARTING: frozenset({Lifecycle.ACCEPTING, Lifecycle.CLOSING}),
+    Lifecycle.ACCEPTING: frozenset({Lifecycle.CLOSING}),
+    Lifecycle.CLOSING: frozenset({Lifecycle.CLOSED}),
+    Lifecycle.CLOSED: frozenset(),
+}
 
 
 class _Fanout:
@@ -126,12 +141,13 @@ class Runtime:
 
     def __init__(
         self,
-        config: Config,
+        config: BotSettings,
         bot: Bot,
         provider: Provider,
         *,
         tools: ToolRegistry | None = None,
         policy: RestartPolicy = RestartPolicy(),
+        secrets: Sequence[str | None] = (),
     ) -> None:
         self.config = config
         self.bot = bot
@@ -151,7 +167,7 @@ class Runtime:
             self.mcp = McpServers(
                 config.mcp, tools, workspace=bot.workspace, timeout=config.tool_timeout_seconds
             )
-        redact = Redactor(config.secrets)
+        redact = Redactor((*config.secrets, *secrets))  # `secrets`: the process's (its token)
         # The tools' own threads: a stuck tool never takes the database's or trio's default ones.
         tool_threads = trio.CapacityLimiter(config.tool_threads)
         self.services = SessionServices(
@@ -219,20 +235,43 @@ class Runtime:
         self._backlog: dict[str, deque[Job]] = {}
         """Recovered messages that did not fit their session's mailbox yet, per session."""
         self._dead_send, self._dead_receive = trio.open_memory_channel[tuple[int, Reply]](math.inf)
-        self._accepting = False
-        self._closing = False
+        self._state = Lifecycle.NEW
         self._background = trio.CancelScope()
         self.summarize = model_summary(provider)
 
     @property
+    def state(self) -> Lifecycle:
+        return self._state
+
+    @property
     def accepting(self) -> bool:
-        return self._accepting
+        return self._state is Lifecycle.ACCEPTING
+
+    @property
+    def _closing(self) -> bool:
+        return self._state in (Lifecycle.CLOSING, Lifecycle.CLOSED)
+
+    def _move(self, to: Lifecycle) -> None:
+        if to not in _NEXT[self._state]:
+            raise RuntimeError(f"a runtime that is {self._state.value} cannot become {to.value}")
+        self._state = to
 
     async def run(
         self,
         *,
         responders: RecoveryResponders | None = None,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        self._move(Lifecycle.STARTING)
+        try:
+            await self._run(responders or {}, task_status)
+        finally:
+            if self._state is not Lifecycle.CLOSING:
+                self._state = Lifecycle.CLOSING  # cancelled or failed without `close`
+            self._move(Lifecycle.CLOSED)
+
+    async def _run(
+        self, responders: RecoveryResponders, task_status: trio.TaskStatus[None]
     ) -> None:
         async with trio.open_nursery() as database:
             await database.start(self.bot.db.serve_batches)
@@ -243,20 +282,23 @@ class Runtime:
                 await nursery.start(self._run_sessions)
                 nursery.start_soon(self._record_dead_letters)
                 nursery.start_soon(self._consolidate_periodically)
-                recovered = await self._recover(responders or {})
+                recovered = await self._recover(responders)
                 if recovered:
                     log.info("recovered %d unanswered message(s) from the inbox", recovered)
                 if self._backlog:
                     nursery.start_soon(self._catch_up)
-                self._accepting = not self._closing
+                if self._state is Lifecycle.STARTING:
+                    self._move(Lifecycle.ACCEPTING)
                 task_status.started()
             # Every actor has finished: stop batching (what is queued still runs).
             database.cancel_scope.cancel()
 
     def close(self) -> None:
-        """Stop taking messages; queued ones stay in the inbox for the next start."""
-        self._accepting = False
-        self._closing = True
+        """Stop taking messages; queued ones stay in the inbox for the next start. Closing a
+        runtime that is closing or closed already does nothing."""
+        if self._closing:
+            return
+        self._move(Lifecycle.CLOSING)
         self._background.cancel()
         self.registry.close()
 
@@ -270,7 +312,7 @@ class Runtime:
 
     async def deliver(self, inbound: Inbound) -> Accepted:
         """Accept a message durably, then hand it to its session; see `adapters.base`."""
-        if not self._accepting:
+        if not self.accepting:
             self.metrics.refused.inc(reason="unavailable")
             raise Unavailable(
                 "the bot is not taking messages right now (starting or shutting down)"
@@ -308,7 +350,7 @@ class Runtime:
         """Forget a session's conversation (its history and episodes) after the messages
         already queued for it; `done` is called when it has run. Raises `Busy` or
         `Unavailable`, as `deliver` does."""
-        if not self._accepting:
+        if not self.accepting:
             raise Unavailable(
                 "the bot is not taking messages right now (starting or shutting down)"
             )
@@ -457,7 +499,7 @@ class Runtime:
                 await self.bot.db.run(lambda db: db.execute("SELECT 1").fetchone())
         except Exception as exc:
             return 503, {"status": "unavailable", "database": f"error: {exc}"}
-        if not self._accepting:
+        if not self.accepting:
             return 503, {"status": "unavailable", "reason": "not taking messages"}
         problem = await self.provider.reachable()
         if problem is not None:
@@ -505,199 +547,3 @@ def model_summary(
         return response.text.strip()
 
     return summarize
-
-
-def _telegram(
-    config: Config, runtime: Runtime, client: httpx2.AsyncClient
-) -> TelegramChannel | None:
-    if not config.telegram_bot_token:
-        return None
-    settings = TelegramSettings(
-        token=config.telegram_bot_token,
-        api_base_url=config.telegram_api_base_url,
-        poll_timeout=config.telegram_poll_timeout,
-        allowed_users=TelegramSettings.parse_users(config.telegram_allowed_users),
-        non_text="ignore" if config.telegram_non_text == "ignore" else "reply",
-    )
-    return TelegramChannel(
-        TelegramApi(settings, client), settings, runtime.deliver, reset=runtime.reset
-    )
-
-
-async def _run_telegram(
-    channel: TelegramChannel,
-    config: Config,
-    polling: trio.CancelScope,
-) -> None:
-    """Long-poll, or in webhook mode only learn who the bot is; `polling` stops either."""
-    with polling:
-        if config.telegram_webhook_secret:
-            if await channel.identify():
-                log.info("Telegram: webhook mode, updates arrive at POST /telegram/webhook")
-            return
-        await TelegramPoller(channel).run()
-
-
-def open_model(config: Config) -> Provider:
-    choices = choose_models(config)
-    providers = [open_provider(choice, config) for choice in choices]
-    return providers[0] if len(providers) == 1 else FallbackProvider(providers)
-
-
-def _banner(
-    config: Config, bot: Bot, provider: Provider, binds: Sequence[str], identity: Identity
-) -> None:
-    """What runs where, in a few lines an operator can grep: the bot, its model and
-    database, the HTTP address and whether it needs a token, the channels that are on."""
-    log.info(
-        "bot %r (workspace %s), model %s, database %s",
-        identity.display_name,
-        bot.workspace,
-        provider.name,
-        config.db_path.resolve(),
-    )
-    if not (bot.workspace / "IDENTITY.md").exists():
-        log.warning(
-            "%s has no IDENTITY.md, so the bot has no name; 'botcorebot init %s' writes one",
-            bot.workspace,
-            bot.workspace,
-        )
-    if provider.name == "offline" and not (config.anthropic_api_key or config.openai_api_key):
-        log.warning(
-            "no API key configured: running on the embedded offline model "
-            "(set ANTHROPIC_API_KEY or OPENAI_API_KEY for a real one)"
-        )
-    auth = "token required" if config.botcore_api_token else "no token required"
-    log.info("HTTP API on %s (%s)", ", ".join(binds), auth)
-    channels = ["http"]
-    if config.telegram_bot_token:
-        mode = "webhook at /telegram/webhook" if config.telegram_webhook_secret else "polling"
-        channels.append(f"telegram ({mode})")
-    channels += [f"webhook {name!r} at /webhooks/{name}" for name in config.webhooks]
-    log.info("channels: %s", ", ".join(channels))
-    if not config.botcore_api_token and config.http_host not in ("127.0.0.1", "::1", "localhost"):
-        log.warning(
-            "listening on %s without BOTCORE_API_TOKEN: anyone who can reach the port can "
-            "talk to the bot and read its memory; set BOTCORE_API_TOKEN",
-            config.http_host,
-        )
-
-
-def _with_channels(
-    health: Callable[[], Awaitable[tuple[int, dict[str, Any]]]],
-    telegram: TelegramChannel | None,
-) -> Callable[[], Awaitable[tuple[int, dict[str, Any]]]]:
-    """Readiness includes the channels: Telegram is not ready while its calls keep failing."""
-
-    async def check() -> tuple[int, dict[str, Any]]:
-        status, body = await health()
-        problem = telegram.api.failing if telegram is not None else None
-        if problem is None:
-            return status, body
-        return 503, {**body, "status": "unavailable", "telegram": problem}
-
-    return check
-
-
-async def serve(
-    config: Config,
-    shutdown: trio.Event,
-    *,
-    task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
-) -> None:
-    """Run the bot with its HTTP channel until `shutdown` is set, then drain and stop.
-
-    Shutdown: intake stops (HTTP answers 503), queued messages stay in the inbox, turns in
-    flight get `shutdown_grace_seconds` to finish, then the HTTP server stops.
-    """
-    bot = await Bot.open(config.workspace, config.db_path)
-    provider = open_model(config)
-    try:
-        runtime = Runtime(config, bot, provider)
-        webhooks = {
-            name: WebhookSource(
-                name,
-                hook.secret or "",
-                hook.scheme,
-                hook.text,
-                hook.session,
-                hook.callback,
-            )
-            for name, hook in config.webhooks.items()
-        }
-        callbacks = CallbackSender()
-        async with httpx2.AsyncClient() as telegram_http, trio.open_nursery() as nursery:
-            telegram = _telegram(config, runtime, telegram_http)
-            app = create_app(
-                runtime.deliver,
-                HttpSettings(
-                    api_token=config.botcore_api_token,
-                    max_body_bytes=config.max_body_bytes,
-                    max_message_chars=config.max_message_chars,
-                    reply_timeout=config.turn_timeout_seconds + 30,
-                    client_rate_per_minute=config.client_rate_per_minute,
-                    allowed_hosts=allowed_hosts(config.allowed_hosts, config.http_host),
-                    trusted_proxies=trusted_proxies(config.trusted_proxies),
-                ),
-                health=_with_channels(runtime.health, telegram),
-                metrics=runtime.metrics.render,
-                webhooks=webhooks,
-                callbacks=callbacks,
-                replays=ReplayGuard(Deliveries(bot.db)),
-                memory=MemoryApi(bot, runtime.summarize),
-                telegram=(
-                    TelegramWebhook(config.telegram_webhook_secret, telegram.handle)
-                    if telegram is not None and config.telegram_webhook_secret
-                    else None
-                ),
-            )
-            http_stopped = trio.Event()
-            drained = trio.Event()
-            polling = trio.CancelScope()
-            await nursery.start(callbacks.run)
-            responders: RecoveryResponders = {}
-            if telegram is not None:
-                await nursery.start(telegram.run)
-                channel = telegram
-                responders = {
-                    "telegram": lambda entry: channel.recovered(entry.session_id, entry.message_id)
-                }
-
-            async def run_runtime(task_status: trio.TaskStatus[None]) -> None:
-                await runtime.run(responders=responders, task_status=task_status)
-                drained.set()
-
-            await nursery.start(run_runtime)
-            binds = await nursery.start(
-                partial(serve_http, keep_alive_timeout=config.http_keep_alive_seconds),
-                app,
-                config.http_host,
-                config.http_port,
-                http_stopped.wait,
-            )
-            if telegram is not None:
-                nursery.start_soon(_run_telegram, telegram, config, polling)
-            _banner(config, bot, provider, binds, await bot.identity.load())
-            task_status.started(binds)
-            await shutdown.wait()
-            log.info(
-                "shutting down: finishing turns in flight (up to %gs)",
-                config.shutdown_grace_seconds,
-            )
-            polling.cancel()
-            runtime.close()
-            with trio.move_on_after(config.shutdown_grace_seconds) as grace:
-                await drained.wait()
-            if grace.cancelled_caught:
-                log.warning(
-                    "turns still running after the grace period are cancelled; they stay in the inbox"
-                )
-            http_stopped.set()
-            callbacks.close()
-            if telegram is not None:
-                telegram.close()
-            nursery.cancel_scope.deadline = trio.current_time() + config.shutdown_grace_seconds
-    finally:
-        with trio.CancelScope(shield=True):
-            await provider.aclose()
-            await bot.aclose()
