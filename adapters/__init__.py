@@ -19,6 +19,7 @@ from adapters.base import (
     TextDelta,
     TextDiscarded,
     ToolProgress,
+    Unattended,
     Unavailable,
 )
 
@@ -38,5 +39,6 @@ __all__ = [
     "TextDelta",
     "TextDiscarded",
     "ToolProgress",
+    "Unattended",
     "Unavailable",
 ]

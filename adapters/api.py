@@ -32,7 +32,6 @@ from adapters._web import (
 from adapters.base import (
     Deliver,
     Inbound,
-    Progress,
     Reply,
     Responder,
     Route,
@@ -40,6 +39,7 @@ from adapters.base import (
     TextDelta,
     TextDiscarded,
     ToolProgress,
+    Unattended,
     WaitingResponder,
     reply_body,
 )
@@ -91,20 +91,6 @@ def sse(event: str, data: Mapping[str, Any]) -> bytes:
     return f"event: {event}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n".encode()
 
 
-class _Unattended:
-    """A message taken before a restart: nobody waits on it any more; the reply stays in
-    the inbox for a retry with the same key."""
-
-    def __init__(self, session_id: str) -> None:
-        self._session_id = session_id
-
-    def reply(self, reply: Reply) -> None:
-        log.info("recovered message of session %s answered", self._session_id)
-
-    def progress(self, event: Progress) -> None:
-        pass
-
-
 class HttpApiChannel:
     """`POST /api/message` for one bot."""
 
@@ -132,7 +118,7 @@ class HttpApiChannel:
         return None
 
     def recovered(self, session_id: str, address: Mapping[str, Any] | None) -> Responder:
-        return _Unattended(session_id)
+        return Unattended(f"{self.name}:{session_id}")
 
     async def _message(self) -> Response:
         settings = self._settings

@@ -11,12 +11,15 @@ Error tree of what `Deliver` may raise to a channel::
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Any, Literal, Protocol
 
 import attrs
 import trio
+
+log = logging.getLogger("adapters")
 
 JSONScalar = str | int | float | bool | None
 
@@ -82,6 +85,20 @@ class Responder(Protocol):
     def reply(self, reply: Reply) -> None: ...
 
     def progress(self, event: Progress) -> None: ...
+
+
+class Unattended:
+    """The responder of a message recovered after a restart whose sender no longer waits
+    (its HTTP request ended): the answer stays in the inbox, for a retry with the same key."""
+
+    def __init__(self, session_key: str) -> None:
+        self._session_key = session_key
+
+    def reply(self, reply: Reply) -> None:
+        log.info("recovered message of %s answered", self._session_key)
+
+    def progress(self, event: Progress) -> None:
+        pass
 
 
 class WaitingResponder:

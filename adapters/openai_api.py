@@ -34,13 +34,13 @@ from adapters._web import (
 from adapters.base import (
     Deliver,
     Inbound,
-    Progress,
     Reply,
     Responder,
     Route,
     StreamingResponder,
     TextDelta,
     TextDiscarded,
+    Unattended,
     WaitingResponder,
 )
 from adapters.ratelimit import Networks, RateLimiter, client_address
@@ -57,17 +57,6 @@ _TYPES = {
     422: "invalid_request_error",
     429: "rate_limit_error",
 }
-
-
-class _Unattended:
-    """A request taken before a restart: its client is gone; the answer stays in the
-    bot's history (and the inbox, for a retry with the same `Idempotency-Key`)."""
-
-    def reply(self, reply: Reply) -> None:
-        log.info("recovered chat completion of session %s answered", reply.session_id)
-
-    def progress(self, event: Progress) -> None:
-        pass
 
 
 @attrs.frozen
@@ -111,7 +100,7 @@ class OpenAIChatChannel:
         return None
 
     def recovered(self, session_id: str, address: Mapping[str, Any] | None) -> Responder:
-        return _Unattended()
+        return Unattended(f"{self.name}:{session_id}")
 
     async def _models(self) -> Response:
         data = [

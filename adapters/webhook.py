@@ -43,6 +43,7 @@ from adapters.base import (
     Reply,
     Responder,
     Route,
+    Unattended,
     WaitingResponder,
     reply_body,
 )
@@ -339,17 +340,6 @@ class WebhookAddress:
     delivery: str
 
 
-class _Unattended:
-    """A delivery taken before a restart whose sender waited for the answer in the
-    response: nobody waits any more (a replay is acknowledged as a duplicate)."""
-
-    def reply(self, reply: Reply) -> None:
-        log.info("recovered webhook delivery of %s answered", reply.session_id)
-
-    def progress(self, event: Progress) -> None:
-        pass
-
-
 class WebhookChannel:
     """`POST /webhooks/<name>` for the configured sources of one bot."""
 
@@ -388,7 +378,7 @@ class WebhookChannel:
             source = self.sources.get(where.source)
             if source is not None and source.callback is not None:
                 return CallbackResponder(self._callbacks, source, where.delivery)
-        return _Unattended()
+        return Unattended(f"{self.name}:{session_id}")
 
     async def _webhook(self, name: str) -> Response:
         source = self.sources.get(name)

@@ -17,7 +17,17 @@ import attrs
 import trio
 
 from actors import ActorCrashed, ActorStopped, MailboxFull, Registry, RestartPolicy
-from adapters import Accepted, Busy, Inbound, Progress, Reply, ReplyError, Responder, Unavailable
+from adapters import (
+    Accepted,
+    Busy,
+    Inbound,
+    Progress,
+    Reply,
+    ReplyError,
+    Responder,
+    Unattended,
+    Unavailable,
+)
 from adapters.ratelimit import RateLimiter
 from runtime.botcore import Bot, FileTools, Summarize, TaskGraph, consolidate
 from runtime.config import BotSettings
@@ -84,20 +94,6 @@ class _Fanout:
     def progress(self, event: Progress) -> None:
         for responder in self._responders:
             responder.progress(event)
-
-
-class _Unattended:
-    """The responder of a message recovered after a restart on a channel that cannot be
-    reached later (HTTP): the reply is kept in the inbox for a retry with the same key."""
-
-    def __init__(self, entry: InboxEntry) -> None:
-        self._entry = entry
-
-    def reply(self, reply: Reply) -> None:
-        log.info("recovered message %d of %s answered", self._entry.id, self._entry.session_key)
-
-    def progress(self, event: Progress) -> None:
-        pass
 
 
 @attrs.frozen
@@ -396,12 +392,12 @@ class Runtime:
         does not fit a session's mailbox now waits in its backlog (see `_catch_up`)."""
         entries = await self.inbox.unfinished()
         for entry in entries:
-            make = responders.get(entry.channel, _Unattended)
+            make = responders.get(entry.channel)
             inbound = Inbound(
                 entry.channel,
                 entry.session_id,
                 entry.text,
-                make(entry),
+                make(entry) if make is not None else Unattended(entry.session_key),
                 entry.message_id,
                 entry.sender,
             )
