@@ -13,36 +13,12 @@ import os
 import shutil
 import sys
 import tempfile
-import threading
-from contextlib import suppress
 from pathlib import Path
 
 import trio
 
 from runtime.botcore import Bot, BotCoreError
-
-
-def swap(folder: Path, outside: Path, stop: threading.Event) -> None:
-    aside, link = folder.with_name("aside"), folder.with_name("link")
-    while not stop.is_set():
-        os.rename(folder, aside)
-        try:
-            os.symlink(outside, link)
-            os.rename(link, folder)
-            os.unlink(folder)
-        except OSError:
-            with suppress(FileNotFoundError):
-                os.unlink(link)
-        for _ in range(1000):
-            try:
-                if folder.is_symlink():
-                    os.unlink(folder)
-                elif folder.exists():
-                    shutil.rmtree(folder)
-                os.rename(aside, folder)
-                break
-            except OSError:
-                continue
+from runtime.testing import swapping
 
 
 async def main(seconds: float) -> None:
@@ -53,8 +29,6 @@ async def main(seconds: float) -> None:
     (outside / "secret.txt").write_text("SECRET")
     (workspace / "notes" / "secret.txt").write_text("inside")
     counts = {"reads": 0, "escapes": 0, "writes": 0, "refused": 0}
-    stop = threading.Event()
-    swapper = threading.Thread(target=swap, args=(workspace / "notes", outside, stop))
     try:
         async with await Bot.open(workspace) as bot:
             fs = bot.tools.fs
@@ -72,14 +46,11 @@ async def main(seconds: float) -> None:
                     except (BotCoreError, OSError):
                         counts["refused"] += 1
 
-            swapper.start()
-            async with trio.open_nursery() as nursery:
-                for worker in range(4):
-                    nursery.start_soon(hammer, worker, trio.current_time() + seconds)
+            with swapping(workspace / "notes", outside):
+                async with trio.open_nursery() as nursery:
+                    for worker in range(4):
+                        nursery.start_soon(hammer, worker, trio.current_time() + seconds)
     finally:
-        stop.set()
-        if swapper.is_alive():
-            swapper.join()
         written_outside = len(os.listdir(outside)) - 1
         shutil.rmtree(base)
     print(f"{seconds:g} s: {counts}, files written outside: {written_outside}")

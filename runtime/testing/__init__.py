@@ -11,7 +11,7 @@ from runtime.testing.bot import (
     serve_bot,
 )
 from runtime.testing.fake_telegram import FakeTelegram
-from runtime.testing.files import fifo
+from runtime.testing.files import fifo, swapping
 from runtime.testing.local import open_local, serve_local
 from runtime.testing.process import BotProcess, bot_process, free_port
 from runtime.testing.receiver import Received, Receiver
@@ -78,5 +78,6 @@ __all__ = [
     "open_runtime",
     "serve_bot",
     "serve_local",
+    "swapping",
     "wait_until",
 ]

@@ -5,13 +5,11 @@ from __future__ import annotations
 
 import fcntl
 import os
-import shutil
 import socket
 import subprocess
 import sys
-import threading
-from collections.abc import AsyncIterator, Iterator
-from contextlib import contextmanager, suppress
+from collections.abc import AsyncIterator
+from contextlib import suppress
 from pathlib import Path
 
 import httpx2
@@ -27,7 +25,7 @@ from runtime.botcore import (
     TaskGraph,
     TaskGraphError,
 )
-from runtime.testing import bot_process, fifo, wait_until
+from runtime.testing import bot_process, fifo, swapping, wait_until
 
 SECRET = "TOP SECRET from outside"
 
@@ -48,41 +46,6 @@ async def bot(tmp_path: Path) -> AsyncIterator[Bot]:
     async with await Bot.open(workspace) as opened:
         yield opened
 
-
-@contextmanager
-def swapping(folder: Path, outside: Path) -> Iterator[None]:
-    """A thread that keeps swapping `folder` for a symlink to `outside` and back."""
-    stop = threading.Event()
-    aside, link = folder.with_name("aside"), folder.with_name("link")
-
-    def swap() -> None:
-        while not stop.is_set():
-            os.rename(folder, aside)
-            try:
-                os.symlink(outside, link)
-                os.rename(link, folder)
-                os.unlink(folder)
-            except OSError:  # the bot made the folder again in between: fine, put it back
-                with suppress(FileNotFoundError):
-                    os.unlink(link)
-            for _ in range(1000):
-                try:
-                    if folder.is_symlink():
-                        os.unlink(folder)
-                    elif folder.exists():
-                        shutil.rmtree(folder)
-                    os.rename(aside, folder)
-                    break
-                except OSError:
-                    continue
-
-    thread = threading.Thread(target=swap, daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join(5)
 
 
 async def test_a_folder_swapped_for_a_symlink_never_leads_outside(bot: Bot, outside: Path) -> None:
