@@ -667,3 +667,20 @@ async def test_a_bot_streaming_its_answer_shows_a_draft_before_the_final_message
     assert [m.text for m in fake.sent_to(70)] == ["Found it."]
     (group_answer,) = [c for c in fake.calls_of("sendMessage") if c.params["chat_id"] == 70]
     assert fake.calls.index(group_answer) > fake.calls.index(fake.calls_of("sendMessageDraft")[0])
+
+
+async def test_a_live_answer_waits_for_the_chats_earlier_answers(
+    telegram: Telegram, autojump_clock: trio.abc.Clock
+) -> None:
+    fake, _ = telegram
+    fake.drafts_supported = False
+    fake.fail("sendMessage", 502, "Bad Gateway")  # the earlier answer is retried
+    answer = " ".join(f"word{i}" for i in range(30))
+    async with live_channel(telegram) as channel:
+        channel.submit(5, "the earlier answer", 3)
+        responder = answer_to(channel, 5)
+        await stream(responder, answer)
+        responder.reply(reply(answer))
+        await wait_until(lambda: answer in [m.text for m in fake.sent_to(5)])
+    assert [m.text for m in fake.sent_to(5)] == ["the earlier answer", answer]  # in order
+    assert [m.reply_to for m in fake.sent_to(5)] == [3, 9]
