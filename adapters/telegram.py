@@ -3,17 +3,23 @@
 One session per chat (`telegram:<chat id>`). An update is handed to the runtime, which
 stores it durably, before the poller's offset moves past it; after a crash Telegram sends
 it again and the inbox knows it by its update id, so it is answered once.
+
+In private chats the answer grows while the model streams it (`_Live`): a draft
+(`sendMessageDraft`), or where Telegram refuses drafts a message edited as it grows, about
+once a second per chat at most; it ends in the answer's one final message. Groups get the
+final message only.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hmac
+import itertools
 import logging
 import math
 import re
-from collections import deque
-from collections.abc import Mapping, Sequence
+from collections import Counter, deque
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Literal
 
 import attrs
@@ -24,7 +30,18 @@ from cattrs.gen import make_dict_structure_fn, override
 from quart import Response, request
 
 from adapters._web import ApiError, json_response, read_body_json, refusals
-from adapters.base import Busy, Deliver, Inbound, Progress, Reply, Reset, Route, Unavailable
+from adapters.base import (
+    Busy,
+    Deliver,
+    Inbound,
+    Progress,
+    Reply,
+    Reset,
+    Route,
+    TextDelta,
+    ToolProgress,
+    Unavailable,
+)
 
 log = logging.getLogger("adapters.telegram")
 
@@ -57,7 +74,10 @@ class TelegramSettings:
     """Chats being sent answers at once; each chat's answers go out one after another."""
     typing_every: float = 4.0
     typing_for: float = 180.0
-    """Typing is shown at most this long for one turn."""
+    """Typing is shown, and a live answer grown, at most this long for one turn."""
+    live_every: float = 1.0
+    """Seconds between two updates of a growing answer in one chat (a draft or an edit);
+    Telegram allows about one a second per chat."""
     webhook_secret: str | None = attrs.field(default=None, repr=False)
     """Webhook mode: Telegram POSTs updates to `/telegram/webhook` with this in the
     `X-Telegram-Bot-Api-Secret-Token` header (`setWebhook(secret_token=...)`); the channel
@@ -262,6 +282,56 @@ class _Outgoing:
     reply_to: int | None
     busy: bool = False
     """A note that the chat is busy: one at a time per chat, so a flood is not echoed."""
+    live: _Live | None = attrs.field(default=None, eq=False)
+    """The answer shown growing, which this final text replaces."""
+
+
+class _Live:
+    """An answer growing in a private chat while the model streams it.
+
+    `text` is what the model has said so far in its latest call (the answer is that call's
+    text: what it said before calling tools gives way); `shown` what the chat sees (a draft,
+    or the message `message_id` being edited when drafts are refused). `lock` is held during
+    each update, so the final message never races one."""
+
+    def __init__(self, chat_id: int, reply_to: int | None, draft_ids: Iterator[int]) -> None:
+        self.chat_id = chat_id
+        self.reply_to = reply_to
+        self._draft_ids = draft_ids
+        self.draft_id = next(draft_ids)
+        self.text = ""
+        self._tools_ran = False
+        self.shown = ""
+        self.message_id: int | None = None
+        self.finished = False
+        self.changed = trio.Event()
+        self.lock = trio.Lock()
+
+    def take(self, event: Progress) -> None:
+        if isinstance(event, ToolProgress):
+            self._tools_ran = True  # the model is called again with the results
+            return
+        if isinstance(event, TextDelta):
+            if self._tools_ran:
+                self.text, self._tools_ran = "", False
+            self.text += event.text
+        else:  # a fallback model starts its answer again: so does the draft
+            kept = self.text.endswith(event.text)
+            self.text = self.text.removesuffix(event.text) if kept else ""
+            self.draft_id = next(self._draft_ids)
+            self.shown = ""
+        self.changed.set()
+
+    def finish(self) -> None:
+        self.finished = True
+        self.changed.set()
+
+    def preview(self) -> str:
+        """The text to show now: the answer so far, up to one message's length."""
+        text = self.text.strip()
+        if _units(text) <= MAX_MESSAGE:
+            return text
+        return split_message(text)[0]
 
 
 class TelegramChannel:
@@ -296,7 +366,16 @@ class TelegramChannel:
         self._busy_noted: set[int] = set()
         """Chats with a busy note not sent yet."""
         self._typing: trio.Nursery | None = None
+        """Where the courtesies run: typing, live answers."""
         self._intake = trio.CancelScope()
+        self._unsent: Counter[int] = Counter()
+        """Messages queued per chat and not sent yet: a live answer waits for them."""
+        self._live_calls = trio.CapacityLimiter(settings.max_sends)
+        self._next_live: dict[int, float] = {}
+        """Per chat, the earliest time of its next live update (`live_every`, or a 429's wait)."""
+        self._drafts = True
+        """Telegram takes `sendMessageDraft`, until it refuses one (an older Bot API)."""
+        self._draft_ids = itertools.count(1)
 
     name = "telegram"
 
@@ -362,12 +441,14 @@ class TelegramChannel:
         return True
 
     def recovered(self, session_id: str, address: Mapping[str, Any] | None) -> TelegramResponder:
-        """The responder of a message accepted before a restart: it answers in its chat."""
+        """The responder of a message accepted before a restart: it answers in its chat
+        (live in a private one: Telegram gives private chats the user's id, groups a negative
+        one)."""
         if address is None:  # stored by a version that kept no address: the chat is the session
             where = TelegramAddress(int(session_id))
         else:
             where = _converter.structure(address, TelegramAddress)
-        return TelegramResponder(self, where.chat_id, where.reply_to)
+        return TelegramResponder(self, where.chat_id, where.reply_to, live=where.chat_id > 0)
 
     async def _webhook(self) -> Response:
         secret = self.settings.webhook_secret or ""
@@ -414,7 +495,7 @@ class TelegramChannel:
             return
         if text.startswith("/") and await self._command(text, chat, reply_to):
             return
-        responder = TelegramResponder(self, chat, reply_to)
+        responder = TelegramResponder(self, chat, reply_to, live=private)
         try:
             accepted = await self._deliver(
                 Inbound(
@@ -479,9 +560,12 @@ class TelegramChannel:
             return True
         return False  # anything else is for the model
 
-    def submit(self, chat_id: int, text: str, reply_to: int | None) -> None:
-        """Queue a message to a chat (sent in order, split, retried); never blocks."""
-        self._queue(_Outgoing(chat_id, text, reply_to))
+    def submit(
+        self, chat_id: int, text: str, reply_to: int | None, *, live: _Live | None = None
+    ) -> None:
+        """Queue a message to a chat (sent in order, split, retried); never blocks. With
+        `live`, the text is the final form of that answer shown growing."""
+        self._queue(_Outgoing(chat_id, text, reply_to, live=live))
 
     def _note_busy(self, chat_id: int, retry_after: float, reply_to: int) -> None:
         """Tell the chat it is busy, unless a note saying so is still on its way."""
@@ -494,6 +578,8 @@ class TelegramChannel:
             self._send.send_nowait(outgoing)
         except trio.ClosedResourceError:
             log.error("Telegram: answer to chat %d dropped: shutting down", outgoing.chat_id)
+        else:
+            self._unsent[outgoing.chat_id] += 1
 
     def _show_typing(self, chat_id: int, answered: trio.Event) -> None:
         if self._typing is not None:
@@ -522,33 +608,156 @@ class TelegramChannel:
                     self._busy_noted.discard(chat_id)  # later refusals get a note of their own
                 await self._send_message(outgoing)
                 waiting.popleft()
+                self._unsent[chat_id] -= 1
         finally:
             del self._outbox[chat_id]
+            self._unsent.pop(chat_id, None)
             self._senders.release_on_behalf_of(chat_id)
 
     async def _send_message(self, outgoing: _Outgoing) -> None:
-        for index, piece in enumerate(split_message(outgoing.text)):
+        pieces = split_message(outgoing.text)
+        if outgoing.live is not None and await self._finish_live(outgoing.live, pieces[0]):
+            pieces.pop(0)  # the message edited as the answer grew is its first piece now
+            replied = True
+        else:
+            replied = False
+        for piece in pieces:
             params: dict[str, Any] = {"chat_id": outgoing.chat_id, "text": piece}
-            if index == 0 and outgoing.reply_to is not None:
+            if not replied and outgoing.reply_to is not None:
                 params["reply_parameters"] = {
                     "message_id": outgoing.reply_to,
                     "allow_sending_without_reply": True,
                 }
+            replied = True
             try:
                 await self.api.request("sendMessage", params, attempts=self.settings.send_attempts)
             except TelegramError as exc:
                 log.error("Telegram: answer to chat %d not sent: %s", outgoing.chat_id, exc)
                 break
 
+    # -- live answers ----------------------------------------------------------------------
+
+    def go_live(self, chat_id: int, reply_to: int | None) -> _Live | None:
+        """An answer to show growing in a private chat, or None while the channel stops."""
+        if self._typing is None:
+            return None
+        live = _Live(chat_id, reply_to, self._draft_ids)
+        self._typing.start_soon(self._keep_live, live)
+        return live
+
+    async def _keep_live(self, live: _Live) -> None:
+        """Show `live` growing: at most one update per `live_every` per chat, only once the
+        chat's earlier answers are out, skipped while `max_sends` chats are being updated."""
+        chat = live.chat_id
+        with trio.move_on_after(self.settings.typing_for):
+            while not live.finished:
+                await live.changed.wait()
+                await trio.sleep_until(self._next_live.get(chat, -math.inf))
+                if live.finished:
+                    break
+                if self._unsent[chat] or not self._live_calls.available_tokens:
+                    await trio.sleep(self.settings.live_every)
+                    continue
+                live.changed = trio.Event()  # text arriving during the update shows next time
+                async with self._live_calls, live.lock:
+                    if not live.finished:
+                        await self._show_live(live)
+        if self._next_live.get(chat, math.inf) <= trio.current_time():
+            del self._next_live[chat]
+
+    async def _show_live(self, live: _Live) -> None:
+        text = live.preview()
+        if text == live.shown or (not text and live.message_id is None):
+            return
+        chat = live.chat_id
+        self._next_live[chat] = trio.current_time() + self.settings.live_every
+        try:
+            if self._drafts and await self._draft(live, text):
+                return
+            if live.message_id is None:
+                params: dict[str, Any] = {"chat_id": chat, "text": text}
+                if live.reply_to is not None:
+                    params["reply_parameters"] = {
+                        "message_id": live.reply_to,
+                        "allow_sending_without_reply": True,
+                    }
+                sent = await self.api.call("sendMessage", params)
+                live.message_id = int(sent["message_id"])
+            else:
+                await self._edit(chat, live.message_id, text or "…")
+            live.shown = text
+        except TelegramError as exc:
+            if exc.status == 429:
+                wait = max(exc.retry_after or 0.0, self.settings.live_every)
+                self._next_live[chat] = trio.current_time() + wait
+                log.warning("Telegram: live answer in chat %d rate limited for %gs", chat, wait)
+            else:
+                log.info("Telegram: live answer in chat %d not updated: %s", chat, exc)
+        except (KeyError, TypeError, ValueError):
+            log.warning("Telegram: sendMessage answered without a message id")
+
+    async def _draft(self, live: _Live, text: str) -> bool:
+        """Show `text` as the chat's draft; False when Telegram refuses drafts (Bot API
+        before 9.3, or not for this bot), and the channel edits messages from then on."""
+        params = {"chat_id": live.chat_id, "draft_id": live.draft_id, "text": text}
+        try:
+            await self.api.call("sendMessageDraft", params)
+        except TelegramError as exc:
+            if exc.status not in (400, 404):
+                raise
+            self._drafts = False
+            log.info(
+                "Telegram refused sendMessageDraft (%s): live answers are edited messages", exc
+            )
+            return False
+        live.shown = text
+        return True
+
+    async def _edit(self, chat: int, message_id: int, text: str, *, attempts: int = 1) -> None:
+        params = {"chat_id": chat, "message_id": message_id, "text": text}
+        try:
+            await self.api.request("editMessageText", params, attempts=attempts)
+        except TelegramError as exc:
+            if "not modified" not in exc.description:
+                raise
+
+    async def _finish_live(self, live: _Live, first: str) -> bool:
+        """Stop showing `live`; True when its message was edited into `first`, the final
+        message's first piece (False: send the final message as a new one; a draft
+        disappears when it arrives)."""
+        live.finish()
+        async with live.lock:  # an update under way ends first
+            pass
+        if live.message_id is None:
+            return False
+        if live.shown == first:
+            return True
+        await trio.sleep_until(self._next_live.get(live.chat_id, -math.inf))
+        try:
+            await self._edit(
+                live.chat_id, live.message_id, first, attempts=self.settings.send_attempts
+            )
+        except TelegramError as exc:
+            log.warning(
+                "Telegram: live answer in chat %d not finished (%s); sent anew", live.chat_id, exc
+            )
+            return False
+        return True
+
 
 class TelegramResponder:
-    """Sends the answer of one message to its chat, as a reply to it."""
+    """Sends the answer of one message to its chat, as a reply to it; with `live` (a private
+    chat) shows it growing while the model streams it."""
 
-    def __init__(self, channel: TelegramChannel, chat_id: int, reply_to: int | None) -> None:
+    def __init__(
+        self, channel: TelegramChannel, chat_id: int, reply_to: int | None, *, live: bool = False
+    ) -> None:
         self._channel = channel
         self._chat_id = chat_id
         self._reply_to = reply_to
         self._muted = False
+        self._can_live = live
+        self._live: _Live | None = None
         self.answered = trio.Event()
 
     def mute(self) -> None:
@@ -557,13 +766,25 @@ class TelegramResponder:
 
     def reply(self, reply: Reply) -> None:
         self.answered.set()
+        live, self._live = self._live, None
+        if live is not None:
+            live.finish()
         if self._muted or reply.replayed:
             return
         text = reply.message or "Sorry, I could not produce an answer this time."
-        self._channel.submit(self._chat_id, text, self._reply_to)
+        self._channel.submit(self._chat_id, text, self._reply_to, live=live)
 
     def progress(self, event: Progress) -> None:
-        pass
+        if not self._can_live or self._muted or self.answered.is_set():
+            return
+        if self._live is None:
+            if not isinstance(event, TextDelta):
+                return
+            self._live = self._channel.go_live(self._chat_id, self._reply_to)
+            if self._live is None:
+                self._can_live = False
+                return
+        self._live.take(event)
 
 
 _RESET = {

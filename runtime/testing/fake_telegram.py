@@ -1,9 +1,12 @@
 """A fake Telegram Bot API on 127.0.0.1: `getMe`, long-poll `getUpdates`, `sendMessage`,
-`sendChatAction`, injected errors, and a record of what the bot sent.
+`sendMessageDraft`, `editMessageText`, `sendChatAction`, injected errors, and a record of what
+the bot sent.
 
 It behaves like the real one where a bot can tell: updates stay until a `getUpdates` with a
-higher `offset` confirms them, a wrong token is 401, a message over 4096 characters is 400,
-errors carry `error_code`, `description` and `parameters.retry_after`.
+higher `offset` confirms them, a wrong token is 401, a message over 4096 UTF-16 units is 400,
+drafts are for private chats only, an edit to the same text is 400 "message is not modified",
+an unknown method (`sendMessageDraft` before Bot API 9.3: `drafts = False`) is 404, errors
+carry `error_code`, `description` and `parameters.retry_after`.
 """
 
 from __future__ import annotations
@@ -35,8 +38,27 @@ class Sent:
 
 
 @attrs.frozen
+class Draft:
+    """A `sendMessageDraft` the fake accepted: what the chat saw growing."""
+
+    chat_id: int
+    draft_id: int
+    text: str
+
+
+@attrs.frozen
+class Edit:
+    """An `editMessageText` the fake accepted."""
+
+    chat_id: int
+    message_id: int
+    text: str
+
+
+@attrs.frozen
 class Call:
-    """Any method call, accepted or not, with when it arrived (`time.monotonic()`)."""
+    """Any method call, accepted or not, with when it arrived (`trio.current_time()`, so a
+    test on the virtual clock sees virtual times)."""
 
     method: str
     params: JSON
@@ -59,6 +81,11 @@ class FakeTelegram:
         self.token = token
         self.me: JSON = {"id": 999, "is_bot": True, "first_name": "Test", "username": username}
         self.sent: list[Sent] = []
+        """The messages as they are now (an edit replaces its message's text)."""
+        self.drafts: list[Draft] = []
+        self.edits: list[Edit] = []
+        self.drafts_supported = True
+        """False: `sendMessageDraft` is unknown (404), as before Bot API 9.3."""
         self.actions: list[tuple[int, str]] = []
         self.calls: list[Call] = []
         self._updates: list[JSON] = []
@@ -67,7 +94,7 @@ class FakeTelegram:
         self._message_ids = itertools.count(1)
         self._failures: dict[str, deque[_Failure]] = {}
         self.send_delay = 0.0
-        """Seconds each `sendMessage` and `sendChatAction` takes (a slow or distant API)."""
+        """Seconds each sending call takes (a slow or distant API)."""
         self._under_way: dict[str, int] = {}
         self.peak: dict[str, int] = {}
         """The most calls of each method the bot had under way at once."""
@@ -165,7 +192,7 @@ class FakeTelegram:
                 await send_json(send, 400, _error(400, "Bad Request: body is not JSON"))
                 return
         status, result = await self._answer(token, method, params)
-        self.calls.append(Call(method, params, time.monotonic(), status))
+        self.calls.append(Call(method, params, trio.current_time(), status))
         await send_json(send, status, result)
 
     async def _answer(self, token: str, method: str, params: JSON) -> tuple[int, JSON]:
@@ -179,7 +206,7 @@ class FakeTelegram:
             return 200, {"ok": True, "result": self.me}
         if method == "getUpdates":
             return 200, {"ok": True, "result": await self._get_updates(params)}
-        if method in ("sendMessage", "sendChatAction"):
+        if method in _SENDING:
             self._under_way[method] = self._under_way.get(method, 0) + 1
             self.peak[method] = max(self.peak.get(method, 0), self._under_way[method])
             try:
@@ -188,6 +215,10 @@ class FakeTelegram:
                 self._under_way[method] -= 1
         if method == "sendMessage":
             return self._send_message(params)
+        if method == "sendMessageDraft" and self.drafts_supported:
+            return self._send_draft(params)
+        if method == "editMessageText":
+            return self._edit(params)
         if method == "sendChatAction":
             self.actions.append((int(params["chat_id"]), str(params["action"])))
             return 200, {"ok": True, "result": True}
@@ -209,25 +240,78 @@ class FakeTelegram:
                 await self._arrived.wait()
         return visible()[: int(params.get("limit") or 100)]
 
+    def _send_draft(self, params: JSON) -> tuple[int, JSON]:
+        chat_id, draft_id = int(params["chat_id"]), int(params.get("draft_id") or 0)
+        text = str(params.get("text") or "")
+        if chat_id <= 0:
+            return 400, _error(400, "Bad Request: drafts can be sent only to private chats")
+        if not draft_id:
+            return 400, _error(400, "Bad Request: draft_id must be non-zero")
+        if _units(text) > MAX_TEXT:
+            return 400, _error(400, "Bad Request: message is too long")
+        self.drafts.append(Draft(chat_id, draft_id, text))
+        return 200, {"ok": True, "result": True}
+
+    def _edit(self, params: JSON) -> tuple[int, JSON]:
+        chat_id, message_id = int(params["chat_id"]), int(params.get("message_id") or 0)
+        text = str(params.get("text") or "")
+        if problem := _bad_text(text):
+            return 400, _error(400, problem)
+        at = next(
+            (
+                i
+                for i, s in enumerate(self.sent)
+                if (s.chat_id, s.message_id) == (chat_id, message_id)
+            ),
+            None,
+        )
+        if at is None:
+            return 400, _error(400, "Bad Request: message to edit not found")
+        if self.sent[at].text == text:
+            return 400, _error(
+                400,
+                "Bad Request: message is not modified: specified new message content and reply "
+                "markup are exactly the same as a current content and reply markup of the message",
+            )
+        self.sent[at] = attrs.evolve(self.sent[at], text=text)
+        self.edits.append(Edit(chat_id, message_id, text))
+        return 200, {"ok": True, "result": self._message_json(self.sent[at])}
+
+    def drafts_to(self, chat_id: int) -> list[Draft]:
+        return [draft for draft in self.drafts if draft.chat_id == chat_id]
+
     def _send_message(self, params: JSON) -> tuple[int, JSON]:
         text = str(params.get("text") or "")
-        if not text.strip():
-            return 400, _error(400, "Bad Request: message text is empty")
-        if len(text.encode("utf-16-le")) // 2 > MAX_TEXT:
-            return 400, _error(400, "Bad Request: message is too long")
+        if problem := _bad_text(text):
+            return 400, _error(400, problem)
         reply = params.get("reply_parameters") or {}
         sent = Sent(int(params["chat_id"]), text, reply.get("message_id"), next(self._message_ids))
         self.sent.append(sent)
-        return 200, {
-            "ok": True,
-            "result": {
-                "message_id": sent.message_id,
-                "date": int(time.time()),
-                "chat": {"id": sent.chat_id, "type": "private"},
-                "from": self.me,
-                "text": text,
-            },
+        return 200, {"ok": True, "result": self._message_json(sent)}
+
+    def _message_json(self, sent: Sent) -> JSON:
+        return {
+            "message_id": sent.message_id,
+            "date": int(time.time()),
+            "chat": {"id": sent.chat_id, "type": "private" if sent.chat_id > 0 else "group"},
+            "from": self.me,
+            "text": sent.text,
         }
+
+
+_SENDING = ("sendMessage", "sendMessageDraft", "editMessageText", "sendChatAction")
+
+
+def _units(text: str) -> int:
+    return len(text.encode("utf-16-le")) // 2
+
+
+def _bad_text(text: str) -> str | None:
+    if not text.strip():
+        return "Bad Request: message text is empty"
+    if _units(text) > MAX_TEXT:
+        return "Bad Request: message is too long"
+    return None
 
 
 def _error(status: int, description: str, retry_after: int | None = None) -> JSON:

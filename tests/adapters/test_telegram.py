@@ -6,6 +6,8 @@ import itertools
 import json
 import logging
 import sqlite3
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -13,10 +15,12 @@ import httpx2
 import pytest
 import trio
 
+from adapters.base import Accepted, Inbound, Reply, TextDelta, TextDiscarded
 from adapters.telegram import (
     TelegramApi,
     TelegramChannel,
     TelegramError,
+    TelegramResponder,
     TelegramSettings,
     split_message,
 )
@@ -27,6 +31,7 @@ from runtime.testing import (
     FakeTelegram,
     Slow,
     Text,
+    ToolUse,
     bot_process,
     free_port,
     local_config,
@@ -466,3 +471,216 @@ async def test_an_update_is_kept_by_its_update_id_with_a_typed_reply_address(
         db.close()
     assert message_id == str(update["update_id"])  # the key only: nothing packed to parse back
     assert json.loads(address) == {"chat_id": 61, "reply_to": update["message"]["message_id"]}
+
+
+# -- live answers ----------------------------------------------------------------------------
+
+
+async def _no_messages(inbound: Inbound) -> Accepted:
+    raise AssertionError("these tests hand the channel answers, not messages")
+
+
+async def _no_reset(session_key: str, done: Any) -> None:
+    raise AssertionError("these tests hand the channel answers, not commands")
+
+
+@asynccontextmanager
+async def live_channel(telegram: Telegram) -> AsyncIterator[TelegramChannel]:
+    """The channel sending answers to the fake (webhook mode: it does not poll)."""
+    fake, url = telegram
+    settings = TelegramSettings(fake.token, url, webhook_secret="s", backoff_initial=0.5)
+    async with httpx2.AsyncClient() as client, trio.open_nursery() as nursery:
+        channel = TelegramChannel(
+            TelegramApi(settings, client), settings, _no_messages, reset=_no_reset
+        )
+        await nursery.start(channel.run)
+        yield channel
+        channel.close()
+
+
+def answer_to(channel: TelegramChannel, chat: int, reply_to: int = 9) -> TelegramResponder:
+    return channel.recovered(str(chat), {"chat_id": chat, "reply_to": reply_to})
+
+
+async def stream(responder: TelegramResponder, text: str, *, every: float = 0.1) -> None:
+    """The model streaming `text` word by word, a word every `every` seconds."""
+    for word in text.split(" "):
+        responder.progress(TextDelta(word + " "))
+        await trio.sleep(every)
+
+
+def reply(text: str) -> Reply:
+    return Reply(text, "5", "turn-1")
+
+
+def gaps(calls: list[Any]) -> list[float]:
+    return [b.at - a.at for a, b in itertools.pairwise(calls)]
+
+
+async def test_a_streamed_answer_grows_as_a_draft_and_ends_in_one_final_message(
+    telegram: Telegram, autojump_clock: trio.abc.Clock
+) -> None:
+    fake, _ = telegram
+    answer = " ".join(f"word{i}" for i in range(60))  # six seconds of streaming
+    async with live_channel(telegram) as channel:
+        responder = answer_to(channel, 5)
+        await stream(responder, answer)
+        responder.reply(reply(answer))
+        await wait_until(lambda: fake.sent_to(5))
+        await trio.sleep(3)
+    drafts = fake.drafts_to(5)
+    assert len(drafts) >= 4  # the chat saw it grow
+    assert all(
+        b.text.startswith(a.text) and len(b.text) > len(a.text)
+        for a, b in itertools.pairwise(drafts)
+    )
+    assert all(answer.startswith(d.text) for d in drafts) and len({d.draft_id for d in drafts}) == 1
+    (final,) = fake.sent_to(5)  # one message, replying to the question
+    assert final.text == answer and final.reply_to == 9
+    assert not fake.edits
+    draft_calls = fake.calls_of("sendMessageDraft")
+    assert all(gap >= 1.0 for gap in gaps(draft_calls))  # at most one a second in the chat
+    assert len(draft_calls) <= 7
+
+
+async def test_without_drafts_the_answer_is_one_message_edited_at_most_once_a_second(
+    telegram: Telegram, autojump_clock: trio.abc.Clock
+) -> None:
+    fake, _ = telegram
+    fake.drafts_supported = False  # a Bot API before 9.3: the method is not found
+    answer = " ".join(f"word{i}" for i in range(60))
+    async with live_channel(telegram) as channel:
+        first, other = answer_to(channel, 5), answer_to(channel, 6, reply_to=11)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(stream, first, answer)
+            nursery.start_soon(stream, other, answer)
+        first.reply(reply(answer))
+        other.reply(reply(answer))
+        await wait_until(lambda: fake.edits and fake.edits[-1].text == answer)
+        await wait_until(lambda: len([e for e in fake.edits if e.text == answer]) == 2)
+    refused = fake.calls_of("sendMessageDraft")  # asked at most once per chat, not per word
+    assert len(refused) <= 2 and {c.status for c in refused} == {404}
+    for chat, question in ((5, 9), (6, 11)):
+        (message,) = fake.sent_to(chat)  # grown by edits, then edited into the final text
+        assert message.text == answer and message.reply_to == question
+        edits = [c for c in fake.calls_of("editMessageText") if c.params["chat_id"] == chat]
+        assert len(edits) >= 3
+        assert all(gap >= 1.0 for gap in gaps(edits))
+    assert not fake.drafts
+
+
+async def test_a_fallback_model_restarting_its_answer_resets_the_draft(
+    telegram: Telegram, autojump_clock: trio.abc.Clock
+) -> None:
+    fake, _ = telegram
+    async with live_channel(telegram) as channel:
+        responder = answer_to(channel, 5)
+        await stream(responder, "Let me see.", every=0.5)
+        await trio.sleep(1.5)
+        await stream(responder, "The answer is 4", every=0.5)
+        await trio.sleep(1.5)
+        responder.progress(TextDiscarded("The answer is 4 "))  # that model failed
+        await stream(responder, "It is 5, says the other model", every=0.5)
+        responder.reply(reply("Let me see. It is 5, says the other model"))
+        await wait_until(lambda: fake.sent_to(5))
+    drafts = fake.drafts_to(5)
+    wrong = [d for d in drafts if "answer is 4" in d.text]
+    assert wrong, "the withdrawn text was shown before it was withdrawn"
+    after = drafts[drafts.index(wrong[-1]) + 1 :]
+    assert after and all("answer is 4" not in d.text for d in after)
+    assert after[0].draft_id != wrong[-1].draft_id  # a new draft, not an animated edit
+    assert after[-1].text.startswith("Let me see. It is 5")
+    assert [m.text for m in fake.sent_to(5)] == ["Let me see. It is 5, says the other model"]
+
+
+@pytest.mark.parametrize("drafts", [True, False], ids=["drafts", "edits"])
+async def test_a_long_streamed_answer_ends_as_split_final_messages(
+    telegram: Telegram, autojump_clock: trio.abc.Clock, drafts: bool
+) -> None:
+    fake, _ = telegram
+    fake.drafts_supported = drafts
+    answer = "\n\n".join(f"Paragraph {i}. " + "😀 lorem ipsum " * 120 for i in range(4))
+    assert len(answer.encode("utf-16-le")) // 2 > 4096 * 1.5
+    async with live_channel(telegram) as channel:
+        responder = answer_to(channel, 5)
+        await stream(responder, answer, every=0.01)
+        responder.reply(reply(answer))
+        await wait_until(lambda: len(fake.sent_to(5)) == 2 and fake.sent_to(5)[0].text != "")
+        await trio.sleep(3)
+    assert [m.text for m in fake.sent_to(5)] == split_message(answer)
+    assert fake.sent_to(5)[0].reply_to == 9 and fake.sent_to(5)[1].reply_to is None
+    assert all(c.status == 200 for c in fake.calls if c.method != "sendMessageDraft")
+
+
+async def test_a_429_on_an_edit_is_waited_out_not_stormed(
+    telegram: Telegram, autojump_clock: trio.abc.Clock
+) -> None:
+    fake, _ = telegram
+    fake.drafts_supported = False
+    fake.fail("editMessageText", 429, "Too Many Requests: retry after 5", retry_after=5)
+    answer = " ".join(f"word{i}" for i in range(100))  # ten seconds of streaming
+    async with live_channel(telegram) as channel:
+        responder = answer_to(channel, 5)
+        await stream(responder, answer)
+        responder.reply(reply(answer))
+        await wait_until(lambda: fake.sent_to(5) and fake.sent_to(5)[0].text == answer)
+    edits = fake.calls_of("editMessageText")
+    limited = next(i for i, call in enumerate(edits) if call.status == 429)
+    assert edits[limited + 1].at - edits[limited].at >= 5.0  # waited, not retried at once
+    assert [c.status for c in edits].count(429) == 1
+    assert len(edits) <= 8  # about one a second outside the five seconds it waited
+    assert len(fake.sent_to(5)) == 1
+
+
+async def test_groups_keep_one_message_per_answer_and_see_no_draft(
+    telegram: Telegram, autojump_clock: trio.abc.Clock
+) -> None:
+    fake, _ = telegram
+    async with live_channel(telegram) as channel:
+        responder = answer_to(channel, -100)
+        await stream(responder, "a group answer, streamed all the same")
+        responder.reply(reply("a group answer, streamed all the same"))
+        await wait_until(lambda: fake.sent_to(-100))
+        await trio.sleep(2)
+    assert [m.text for m in fake.sent_to(-100)] == ["a group answer, streamed all the same"]
+    assert not fake.calls_of("sendMessageDraft") and not fake.calls_of("editMessageText")
+
+
+async def test_a_bot_streaming_its_answer_shows_a_draft_before_the_final_message(
+    workspace: Path, telegram: Telegram, fake_llm: tuple[FakeLLM, str]
+) -> None:
+    fake, _ = telegram
+    model, url = fake_llm
+    model.script(
+        ToolUse(("no_such_tool", {}), text="Let me look that up."), Slow(2, Text("Found it."))
+    )
+    config = bot_config(
+        workspace, telegram, default_model="claude-x", anthropic_api_key="k", anthropic_base_url=url
+    )
+    async with serve_bot(config):
+        fake.text(70, "where is it?")
+        await wait_until(lambda: fake.sent_to(70))
+        await trio.sleep(0.3)
+    drafts = [d.text for d in fake.drafts_to(70)]
+    # The first call's text while the tool ran, then the answer, which is the last call's.
+    assert "Let me look that up." in drafts and not any("up.Found" in text for text in drafts)
+    assert [m.text for m in fake.sent_to(70)] == ["Found it."]
+    (group_answer,) = [c for c in fake.calls_of("sendMessage") if c.params["chat_id"] == 70]
+    assert fake.calls.index(group_answer) > fake.calls.index(fake.calls_of("sendMessageDraft")[0])
+
+
+async def test_a_live_answer_waits_for_the_chats_earlier_answers(
+    telegram: Telegram, autojump_clock: trio.abc.Clock
+) -> None:
+    fake, _ = telegram
+    fake.drafts_supported = False
+    fake.fail("sendMessage", 502, "Bad Gateway")  # the earlier answer is retried
+    answer = " ".join(f"word{i}" for i in range(30))
+    async with live_channel(telegram) as channel:
+        channel.submit(5, "the earlier answer", 3)
+        responder = answer_to(channel, 5)
+        await stream(responder, answer)
+        responder.reply(reply(answer))
+        await wait_until(lambda: answer in [m.text for m in fake.sent_to(5)])
+    assert [m.text for m in fake.sent_to(5)] == ["the earlier answer", answer]  # in order
+    assert [m.reply_to for m in fake.sent_to(5)] == [3, 9]
