@@ -83,7 +83,14 @@ async def rank_conversations(bot: Bot, *, path: Path = CONVERSATION_SET) -> dict
             at = datetime.fromisoformat(turn["at"]).timestamp()
             meta = {"session": chat, "turn": turn["key"]}
             ids[turn["key"]], _ = remember(
-                db, episode, MemoryType.EPISODIC, EPISODE_IMPORTANCE, meta, at
+                db,
+                episode,
+                MemoryType.EPISODIC,
+                EPISODE_IMPORTANCE,
+                meta,
+                at,
+                speaker=turn["speaker"],
+                conversation=chat,
             )
         return ids
 
