@@ -136,22 +136,25 @@ def remember(
     conversation: str | None = None,
 ) -> tuple[int, bool]:
     """Insert a memory inside the caller's transaction, or reinforce a near-duplicate of the
-    same type (one more use, the higher importance): (id, reinforced). A near-duplicate makes
+    same type, said by the same person in the same conversation (one more use, the higher
+    importance): (id, reinforced). A near-duplicate makes
     the same claims: texts that differ in a negation, a number or a name are two facts."""
     terms = query_terms(content)
     mine = {_stem(term) for term in terms}
     fingerprint = _fingerprint(mine)
     candidates = db.execute(
-        "SELECT id, content FROM memories WHERE type = ? AND fingerprint = ? LIMIT 20",
-        (kind.value, fingerprint),
+        "SELECT id, content FROM memories WHERE type = ? AND fingerprint = ?"
+        " AND speaker IS ? AND conversation IS ? LIMIT 20",
+        (kind.value, fingerprint, speaker, conversation),
     ).fetchall()
     if not candidates and 1 < len(terms) <= _NEAR_TERMS:
         # Memories with all of these words and maybe more (FTS5 stems them; the AND is
         # cheap: it walks the rarest word's list).
         candidates = db.execute(
             "SELECT m.id, m.content FROM memories_fts CROSS JOIN memories m ON m.id = memories_fts.rowid"
-            " WHERE memories_fts MATCH ? AND m.type = ? LIMIT 20",
-            (" AND ".join(f'"{t}"' for t in terms), kind.value),
+            " WHERE memories_fts MATCH ? AND m.type = ? AND m.speaker IS ?"
+            " AND m.conversation IS ? LIMIT 20",
+            (" AND ".join(f'"{t}"' for t in terms), kind.value, speaker, conversation),
         ).fetchall()
     for other_id, other in candidates:
         theirs = _stems(other)
@@ -258,7 +261,7 @@ class MemoryStore:
             # word to find: search without it (a second bounded search) and favour what that
             # person said instead.
             names = set(terms) & _speakers(rows + day, _neighbours(db, rows))
-            if names and set(terms) - names:
+            if names and (set(terms) - names or day):
                 rows, relevance = _candidates(
                     db, [t for t in terms if t not in names], kinds, count
                 )

@@ -150,3 +150,16 @@ def test_the_conversation_set_is_what_its_script_makes() -> None:
         [sys.executable, str(script), "--check"], capture_output=True, text=True, timeout=60
     )
     assert done.returncode == 0, done.stderr
+
+
+async def test_the_same_words_said_by_two_people_are_two_episodes(bot: Bot) -> None:
+    added, reinforced = await bot.memory.load(
+        [
+            turn("the boiler died again", "Alice", MARCH_2),
+            turn("the boiler died again", "Nora", MARCH_2 + DAY, chat="telegram:7"),
+            turn("the boiler died again", "Alice", MARCH_2 + 2 * DAY),
+        ]
+    )
+    assert (added, reinforced) == (2, 1)
+    found = await bot.memory.recall("What did Nora say about the boiler?", now=MARCH_2 + 3 * DAY)
+    assert found[0].speaker == "Nora" and found[0].created_at == MARCH_2 + DAY
