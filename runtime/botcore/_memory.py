@@ -378,6 +378,9 @@ leaves it out of the ranked search (it is worth little there anyway: its IDF is 
 RANKED_BUDGET = 800
 """How many matching memories the ranked search may score in all, rarest words first: this
 bounds a recall's cost however many memories the bot has."""
+LENGTH_NORMALISATION = 0.5
+"""How much of FTS5's BM25 (which favours short texts, b = 0.75) is in a memory's relevance;
+the rest is the same without length normalisation (b = 0)."""
 _SEARCHED_TERMS = 64
 """The words of a query that are searched (the first ones): a pasted page stays one bounded
 statement (SQLite allows 500 SELECTs in a compound one)."""
@@ -420,9 +423,20 @@ def _candidates(
             (_match(ranked), *kinds, count),
         ).fetchall()
         bm25 = {row[0]: -row[-1] for row in rows}
+        total = db.execute("SELECT max(rowid) FROM memories").fetchone()[0] or 1
+        idf = {
+            _stem(terms[n]): math.log(1 + (total - found[n] + 0.5) / (found[n] + 0.5))
+            for n in range(len(terms))
+            if terms[n] in ranked
+        }
 
         def relevance(row: tuple[Any, ...]) -> float:
-            return float(bm25.get(row[0], 0.0)) * (1.0 + 0.2 * _coverage(common, row[1]))
+            if row[0] not in bm25:
+                return 0.0
+            # BM25 without its length normalisation: the IDF of each word the memory has.
+            flat = sum(weight for stem, weight in idf.items() if stem in _stems(row[1]))
+            mixed = LENGTH_NORMALISATION * bm25[row[0]] + (1 - LENGTH_NORMALISATION) * flat
+            return float(mixed) * (1.0 + 0.2 * _coverage(common, row[1]))
 
         return [row[:-1] for row in rows], relevance
     if not common:
