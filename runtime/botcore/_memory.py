@@ -571,12 +571,15 @@ def _in_context(
         if row[0] in weight:
             continue
         before, after = neighbours.get(row[0], (None, None))
-        value = own[row[0]]
+        # The better neighbour counts (not both: a turn in a run of alike turns is not worth
+        # more than the last one of them).
+        context = 0.0
         if before is not None:
             share = _AFTER_A_QUESTION if "?" in _said(before[1]) else _NEIGHBOUR
-            value += share * own[before[0]]
+            context = share * own[before[0]]
         if after is not None:
-            value += _NEIGHBOUR * own[after[0]]
+            context = max(context, _NEIGHBOUR * own[after[0]])
+        value = own[row[0]] + context
         if window is not None and window[0] <= row[4] < window[1]:
             # What was said on the day, the richer first, even without the query's words.
             value = _ON_THE_DAY * value + 0.5 * top * min(1.0, len(query_terms(_said(row[1]))) / 6)
