@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from datetime import UTC, datetime
@@ -11,7 +12,8 @@ import pytest
 
 from adapters import Inbound
 from adapters.base import WaitingResponder
-from runtime.botcore import Bot, Memory, MemoryType
+from runtime.botcore import Bot, InvalidMemory, Memory, MemoryType
+from runtime.memory_api import memory_from_json, memory_json
 from runtime.prompt import memory_context
 from runtime.testing import local_config, open_runtime
 
@@ -163,3 +165,13 @@ async def test_the_same_words_said_by_two_people_are_two_episodes(bot: Bot) -> N
     assert (added, reinforced) == (2, 1)
     found = await bot.memory.recall("What did Nora say about the boiler?", now=MARCH_2 + 3 * DAY)
     assert found[0].speaker == "Nora" and found[0].created_at == MARCH_2 + DAY
+
+
+async def test_export_and_import_keep_who_said_an_episode_and_where(bot: Bot) -> None:
+    await bot.memory.load([turn("my dog is called Pepper", "@bob", MARCH_2)])
+    (line,) = [memory_json(m) for m in await bot.memory.export()]
+    assert (line["speaker"], line["conversation"]) == ("@bob", "telegram:42")
+    again = memory_from_json(json.loads(json.dumps(line)))
+    assert (again.speaker, again.conversation, again.created_at) == ("@bob", "telegram:42", MARCH_2)
+    with pytest.raises(InvalidMemory, match="'speaker' and 'conversation' must be strings"):
+        memory_from_json({**line, "speaker": 7})
