@@ -548,6 +548,7 @@ def _in_context(
     window: tuple[float, float] | None,
 ) -> dict[int, float]:
     """Each row's weight: its relevance with its neighbours', for its speaker and its day.
+    The candidates' neighbours join `rows`.
 
     The neighbours are read one index step each for the candidates only, so the cost stays
     bounded by the candidate count."""
