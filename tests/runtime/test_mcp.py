@@ -37,6 +37,7 @@ FLAKY = McpServerSettings(
 )
 
 
+
 @pytest.fixture
 def real_servers() -> Path:
     """Installed by scripts/test. Missing, the test fails: a skip would let a fresh machine
