@@ -129,7 +129,17 @@ class Inbox:
             insert_turn(db, session_key, reply.turn_id, exchange, usage)
             if episode:
                 meta = {"session": session_key, "turn": reply.turn_id}
-                remember(db, episode, MemoryType.EPISODIC, EPISODE_IMPORTANCE, meta, now)
+                sender = db.execute("SELECT sender FROM inbox WHERE id = ?", (entry_id,)).fetchone()
+                remember(
+                    db,
+                    episode,
+                    MemoryType.EPISODIC,
+                    EPISODE_IMPORTANCE,
+                    meta,
+                    now,
+                    speaker=sender and sender[0],
+                    conversation=session_key,
+                )
             db.execute(
                 "UPDATE inbox SET state = 'replied', reply = ?, updated_at = ? WHERE id = ?",
                 (body, now, entry_id),

@@ -25,6 +25,8 @@ def memory_json(memory: Memory) -> dict[str, Any]:
         "accessed_at": memory.accessed_at,
         "access_count": memory.access_count,
         "metadata": dict(memory.metadata),
+        "speaker": memory.speaker,
+        "conversation": memory.conversation,
     }
 
 
@@ -48,6 +50,9 @@ def memory_from_json(data: object) -> Memory:
             raise InvalidMemory(f"'{name}' must be a number")
         return float(value)
 
+    speaker, conversation = data.get("speaker"), data.get("conversation")
+    if not all(value is None or isinstance(value, str) for value in (speaker, conversation)):
+        raise InvalidMemory("'speaker' and 'conversation' must be strings")
     content, memory_type, importance = check(content, kind, number("importance", 0.5))
     created = number("created_at", time.time())
     accessed = number("accessed_at", created)
@@ -61,6 +66,8 @@ def memory_from_json(data: object) -> Memory:
         accessed_at=accessed,
         access_count=uses,
         metadata=metadata,
+        speaker=speaker,
+        conversation=conversation,
     )
 
 

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import UTC, datetime
 
 import attrs
 
-from runtime.botcore import HistoryEntry, Identity, Memory
+from runtime.botcore import HistoryEntry, Identity, Memory, MemoryType
 from runtime.llm import AssistantTurn, Message, ModelRequest, ToolSpec, UserText
 from runtime.tokens import TokenCounter
 from runtime.tools.catalogue import SEARCH, fit_tools, tools_text
@@ -43,7 +44,12 @@ def memory_context(memories: Sequence[Memory]) -> str:
 
 
 def _memory_line(memory: Memory) -> str:
-    return f"- [{memory.type.value}] {memory.content}"
+    """An episode shows when it was said (UTC) and by whom, so "when did…" has an answer."""
+    if memory.type is not MemoryType.EPISODIC:
+        return f"- [{memory.type.value}] {memory.content}"
+    said = datetime.fromtimestamp(memory.created_at, UTC).strftime("%a %d %b %Y %H:%M UTC")
+    who = f", from {memory.speaker}" if memory.speaker else ""
+    return f"- [episodic, {said}{who}] {memory.content}"
 
 
 MESSAGE_OVERHEAD = 4

@@ -673,6 +673,31 @@ async def _memory(args: argparse.Namespace) -> None:
             )
 
 
+def recall_quality(args: argparse.Namespace) -> None:
+    """Hit@1/5/10 and MRR per question type on the labelled facts and the conversations."""
+    trio.run(_recall_quality)
+
+
+async def _recall_quality() -> None:
+    from runtime.botcore import Bot
+    from runtime.testing.recall_set import rank_conversations, rank_recall_set
+
+    for title, rank in (("labelled facts", rank_recall_set), ("conversations", rank_conversations)):
+        with tempfile.TemporaryDirectory(prefix="bench-recall-") as folder:
+            async with await Bot.open(folder) as bot:
+                ranking = await rank(bot)
+        table(
+            f"{title}: Hit@1 / Hit@5 / Hit@10 / MRR",
+            [
+                (
+                    f"{kind} ({r.questions})",
+                    " / ".join(f"{r.hit_at[k]:.3f}" for k in (1, 5, 10)) + f" / {r.mrr:.3f}",
+                )
+                for kind, r in ranking.items()
+            ],
+        )
+
+
 def _word(rng: random.Random) -> str:
     return "".join(
         rng.choice("bcdfghjklmnprstvz") + rng.choice("aeiou") for _ in range(rng.randint(2, 4))
@@ -891,6 +916,7 @@ def main() -> None:
     memory_cmd.add_argument(
         "--fills", type=Path, help="keep the synthetic fills here and reuse them in later runs"
     )
+    commands.add_parser("recall-quality", help="Hit@1/5/10 and MRR on both labelled sets")
     tokens_cmd = commands.add_parser("tokens", help="prompt tokens over a 50-turn conversation")
     tokens_cmd.add_argument("--budget", type=int, default=2000)
     args = parser.parse_args()
@@ -900,6 +926,7 @@ def main() -> None:
         "coldstart": coldstart,
         "idle": idle,
         "memory": memory,
+        "recall-quality": recall_quality,
         "tokens": tokens,
     }
     commands_by_name[args.command](args)

@@ -98,6 +98,15 @@ _SCHEMA = [
     """
     ALTER TABLE inbox ADD COLUMN address TEXT;
     """,
+    # version 5: who said an episode and in which conversation, so recall can favour what a
+    # named person said and score a turn with its neighbours; when, by time
+    """
+    ALTER TABLE memories ADD COLUMN speaker TEXT;
+    ALTER TABLE memories ADD COLUMN conversation TEXT;
+    CREATE INDEX memories_by_conversation ON memories(conversation, id)
+        WHERE conversation IS NOT NULL;
+    CREATE INDEX memories_by_time ON memories(created_at);
+    """,
 ]
 
 

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import calendar
+import datetime as dt
 import enum
 import hashlib
 import json
@@ -24,6 +26,7 @@ _STOPWORDS = frozenset(
     out over own same she should so some such than that the their theirs them then there
     these they this those through to too under until up very was we were what when where
     which while who whom why will with would you your yours remember recall know tell
+    say said us mention mentioned
     """.split()  # noqa: SIM905
 )
 
@@ -54,6 +57,10 @@ class Memory:
     accessed_at: float = 0.0
     access_count: int = 0
     metadata: Mapping[str, Any] = attrs.field(factory=dict, hash=False)
+    speaker: str | None = None
+    """Who said it (an episode's sender), when known."""
+    conversation: str | None = None
+    """The conversation (session key) an episode was said in: its neighbours are there."""
 
 
 @attrs.frozen
@@ -124,24 +131,30 @@ def remember(
     importance: float,
     metadata: Mapping[str, Any],
     now: float,
+    *,
+    speaker: str | None = None,
+    conversation: str | None = None,
 ) -> tuple[int, bool]:
     """Insert a memory inside the caller's transaction, or reinforce a near-duplicate of the
-    same type (one more use, the higher importance): (id, reinforced). A near-duplicate makes
+    same type, said by the same person in the same conversation (one more use, the higher
+    importance): (id, reinforced). A near-duplicate makes
     the same claims: texts that differ in a negation, a number or a name are two facts."""
     terms = query_terms(content)
     mine = {_stem(term) for term in terms}
     fingerprint = _fingerprint(mine)
     candidates = db.execute(
-        "SELECT id, content FROM memories WHERE type = ? AND fingerprint = ? LIMIT 20",
-        (kind.value, fingerprint),
+        "SELECT id, content FROM memories WHERE type = ? AND fingerprint = ?"
+        " AND speaker IS ? AND conversation IS ? LIMIT 20",
+        (kind.value, fingerprint, speaker, conversation),
     ).fetchall()
     if not candidates and 1 < len(terms) <= _NEAR_TERMS:
         # Memories with all of these words and maybe more (FTS5 stems them; the AND is
         # cheap: it walks the rarest word's list).
         candidates = db.execute(
             "SELECT m.id, m.content FROM memories_fts CROSS JOIN memories m ON m.id = memories_fts.rowid"
-            " WHERE memories_fts MATCH ? AND m.type = ? LIMIT 20",
-            (" AND ".join(f'"{t}"' for t in terms), kind.value),
+            " WHERE memories_fts MATCH ? AND m.type = ? AND m.speaker IS ?"
+            " AND m.conversation IS ? LIMIT 20",
+            (" AND ".join(f'"{t}"' for t in terms), kind.value, speaker, conversation),
         ).fetchall()
     for other_id, other in candidates:
         theirs = _stems(other)
@@ -155,8 +168,18 @@ def remember(
             return other_id, True
     cursor = db.execute(
         "INSERT INTO memories (content, type, importance, metadata, created_at, accessed_at,"
-        " fingerprint) VALUES (?, ?, ?, ?, ?, ?, ?)",
-        (content, kind.value, importance, json.dumps(dict(metadata)), now, now, fingerprint),
+        " fingerprint, speaker, conversation) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            content,
+            kind.value,
+            importance,
+            json.dumps(dict(metadata)),
+            now,
+            now,
+            fingerprint,
+            speaker,
+            conversation,
+        ),
     )
     assert cursor.lastrowid is not None
     return cursor.lastrowid, False
@@ -216,24 +239,41 @@ class MemoryStore:
     ) -> list[Memory]:
         """The memories that best match `query`, best first; each recall strengthens them.
 
-        Ranking: BM25 relevance, weighted by importance and by strength (activation)."""
+        Ranking: BM25 relevance, weighted by importance and by strength (activation). An
+        episode also scores with its neighbours in the conversation (a reply answers the turn
+        before it), more when the query names who said it, and more when it was said on the
+        day the query names ("on 14 March", "yesterday")."""
         try:
             kinds = [MemoryType(t).value for t in types] if types else []
         except ValueError as exc:
             raise InvalidMemory(str(exc)) from None
-        terms = query_terms(query)
-        if not terms or limit <= 0:
-            return []
         at = time.time() if now is None else now
+        window, rest = _window(query, at)
+        terms = query_terms(rest)
+        if not (terms or window) or limit <= 0:
+            return []
 
         def search(db: sqlite3.Connection) -> list[Memory]:
-            rows, relevance = _candidates(db, terms, kinds, max(_CANDIDATES, limit * 4))
+            count = max(_CANDIDATES, limit * 4)
+            rows, relevance = _candidates(db, terms, kinds, count)
+            day = _said_within(db, window, kinds) if window else []
+            # A name of someone who spoke (here or in the turns around) is who said it, not a
+            # word to find: search without it (a second bounded search) and favour what that
+            # person said instead.
+            names = set(terms) & _speakers(rows + day, _neighbours(db, rows))
+            if names and (set(terms) - names or day):
+                rows, relevance = _candidates(
+                    db, [t for t in terms if t not in names], kinds, count
+                )
+            rows = list({row[0]: row for row in rows + day}.values())
+            weight = _in_context(db, rows, relevance, names, window)
 
             def score(row: tuple[Any, ...]) -> float:
-                _, _, _, importance, created, accessed, uses, _ = row
+                importance, created, accessed, uses = row[3:7]
                 lasting = strength(activation(uses + 1, created, accessed, at))
-                return float(relevance(row) * (0.6 + 0.4 * importance) * (0.7 + 0.3 * lasting))
+                return float(weight[row[0]] * (0.6 + 0.4 * importance) * (0.7 + 0.3 * lasting))
 
+            rows = [row for row in rows if weight[row[0]] > 0]
             best = sorted(rows, key=score, reverse=True)[:limit]
             found = [
                 attrs.evolve(m, confidence=_coverage(terms, m.content))
@@ -286,7 +326,16 @@ class MemoryStore:
             added = reinforced = 0
             for m in batch:
                 content, kind, importance = check(m.content, m.type, m.importance)
-                memory_id, again = remember(db, content, kind, importance, m.metadata, m.created_at)
+                memory_id, again = remember(
+                    db,
+                    content,
+                    kind,
+                    importance,
+                    m.metadata,
+                    m.created_at,
+                    speaker=m.speaker,
+                    conversation=m.conversation,
+                )
                 if again:
                     reinforced += 1
                     continue
@@ -301,12 +350,13 @@ class MemoryStore:
 
 
 _COLUMNS = (
-    "m.id, m.content, m.type, m.importance, m.created_at, m.accessed_at, m.access_count, m.metadata"
+    "m.id, m.content, m.type, m.importance, m.created_at, m.accessed_at, m.access_count,"
+    " m.metadata, m.speaker, m.conversation"
 )
 
 
 def _memory(row: tuple[Any, ...], now: float) -> Memory:
-    memory_id, content, kind, importance, created, accessed, uses, metadata = row
+    memory_id, content, kind, importance, created, accessed, uses, metadata, speaker, chat = row
     return Memory(
         id=memory_id,
         content=content,
@@ -317,6 +367,8 @@ def _memory(row: tuple[Any, ...], now: float) -> Memory:
         accessed_at=accessed,
         access_count=uses,
         metadata=json.loads(metadata or "{}"),
+        speaker=speaker,
+        conversation=chat,
     )
 
 
@@ -326,6 +378,9 @@ leaves it out of the ranked search (it is worth little there anyway: its IDF is 
 RANKED_BUDGET = 800
 """How many matching memories the ranked search may score in all, rarest words first: this
 bounds a recall's cost however many memories the bot has."""
+LENGTH_NORMALISATION = 0.5
+"""How much of FTS5's BM25 (which favours short texts, b = 0.75) is in a memory's relevance;
+the rest is the same without length normalisation (b = 0)."""
 _SEARCHED_TERMS = 64
 """The words of a query that are searched (the first ones): a pasted page stays one bounded
 statement (SQLite allows 500 SELECTs in a compound one)."""
@@ -343,6 +398,8 @@ def _candidates(
     """
     where = f" AND m.type IN ({', '.join('?' * len(kinds))})" if kinds else ""
     terms = terms[:_SEARCHED_TERMS]
+    if not terms:
+        return [], _coverage_of(terms)
     probe = " UNION ALL ".join(
         f"SELECT {n}, count(*) FROM (SELECT rowid FROM memories_fts"
         f" WHERE memories_fts MATCH ? LIMIT {COMMON + 1})"
@@ -366,9 +423,20 @@ def _candidates(
             (_match(ranked), *kinds, count),
         ).fetchall()
         bm25 = {row[0]: -row[-1] for row in rows}
+        total = db.execute("SELECT max(rowid) FROM memories").fetchone()[0] or 1
+        idf = {
+            _stem(terms[n]): math.log(1 + (total - found[n] + 0.5) / (found[n] + 0.5))
+            for n in range(len(terms))
+            if terms[n] in ranked
+        }
 
         def relevance(row: tuple[Any, ...]) -> float:
-            return float(bm25[row[0]]) * (1.0 + 0.2 * _coverage(common, row[1]))
+            if row[0] not in bm25:
+                return 0.0
+            # BM25 without its length normalisation: the IDF of each word the memory has.
+            flat = sum(weight for stem, weight in idf.items() if stem in _stems(row[1]))
+            mixed = LENGTH_NORMALISATION * bm25[row[0]] + (1 - LENGTH_NORMALISATION) * flat
+            return float(mixed) * (1.0 + 0.2 * _coverage(common, row[1]))
 
         return [row[:-1] for row in rows], relevance
     if not common:
@@ -455,3 +523,169 @@ def _coverage(terms: list[str], content: str) -> float:
     have = {_stem(word) for word in _WORD.findall(content.lower())}
     hits = sum(1 for term in terms if _stem(term) in have)
     return round(hits / len(terms), 3)
+
+
+NEIGHBOURHOOD = 3 * 3600.0
+"""Turns of one conversation further apart than this (seconds) are not each other's context."""
+_AFTER_A_QUESTION = 0.8
+"""How much of a question's relevance the turn after it gets: the answer to a question is
+usually the next turn, in other words than the question's."""
+_NEIGHBOUR = 0.3
+"""How much of a neighbour's relevance any other turn gets."""
+_NAMED = 1.6
+"""The factor for what a person the query names said."""
+_ON_THE_DAY = 2.0
+"""The factor for what was said on the day the query names."""
+_SAID_WITHIN = 120
+"""How many memories of the day a query names are ranked (the day's first ones)."""
+
+
+def _in_context(
+    db: sqlite3.Connection,
+    rows: list[tuple[Any, ...]],
+    relevance: Callable[[tuple[Any, ...]], float],
+    names: set[str],
+    window: tuple[float, float] | None,
+) -> dict[int, float]:
+    """Each row's weight: its relevance with its neighbours', for its speaker and its day.
+    The candidates' neighbours join `rows`.
+
+    The neighbours are read one index step each for the candidates only, so the cost stays
+    bounded by the candidate count."""
+    own = {row[0]: relevance(row) for row in rows}
+    neighbours = _neighbours(db, rows)
+    extra = []
+    for row in rows:
+        before, after = neighbours.get(row[0], (None, None))
+        # A candidate's neighbour, not a candidate itself, has the candidate for its neighbour.
+        if before is not None and before[0] not in own:
+            own[before[0]] = relevance(before)
+            neighbours[before[0]] = (None, row)
+            extra.append(before)
+        if after is not None and after[0] not in own:
+            own[after[0]] = relevance(after)
+            neighbours[after[0]] = (row, None)
+            extra.append(after)
+    top = max(own.values(), default=0.0) or 1.0
+    weight = {}
+    for row in rows + extra:
+        if row[0] in weight:
+            continue
+        before, after = neighbours.get(row[0], (None, None))
+        # The better neighbour counts (not both: a turn in a run of alike turns is not worth
+        # more than the last one of them).
+        context = 0.0
+        if before is not None:
+            share = _AFTER_A_QUESTION if "?" in _said(before[1]) else _NEIGHBOUR
+            context = share * own[before[0]]
+        if after is not None:
+            context = max(context, _NEIGHBOUR * own[after[0]])
+        value = own[row[0]] + context
+        if window is not None and window[0] <= row[4] < window[1]:
+            # What was said on the day, the richer first, even without the query's words.
+            value = _ON_THE_DAY * value + 0.5 * top * min(1.0, len(query_terms(_said(row[1]))) / 6)
+        if row[8] and names & _name_parts(row[8]):
+            value *= _NAMED
+        weight[row[0]] = value
+    rows.extend(extra)
+    return weight
+
+
+def _neighbours(
+    db: sqlite3.Connection, rows: list[tuple[Any, ...]]
+) -> dict[int, tuple[tuple[Any, ...] | None, tuple[Any, ...] | None]]:
+    """The turn before and the turn after each episode in its conversation (if close in time)."""
+    found = {}
+    for row in rows:
+        memory_id, created, chat = row[0], row[4], row[9]
+        if chat is None:
+            continue
+        pair = []
+        for sql in (
+            f"SELECT {_COLUMNS} FROM memories m WHERE conversation = ? AND id < ?"
+            " ORDER BY id DESC LIMIT 1",
+            f"SELECT {_COLUMNS} FROM memories m WHERE conversation = ? AND id > ?"
+            " ORDER BY id LIMIT 1",
+        ):
+            other = db.execute(sql, (chat, memory_id)).fetchone()
+            near = other is not None and abs(other[4] - created) <= NEIGHBOURHOOD
+            pair.append(other if near else None)
+        found[memory_id] = (pair[0], pair[1])
+    return found
+
+
+def _speakers(
+    rows: list[tuple[Any, ...]],
+    neighbours: Mapping[int, tuple[tuple[Any, ...] | None, tuple[Any, ...] | None]],
+) -> set[str]:
+    """The name words of everyone who said these rows or the turns next to them."""
+    around = [row for pair in neighbours.values() for row in pair if row is not None]
+    return {part for row in rows + around if row[8] for part in _name_parts(row[8])}
+
+
+def _said(content: str) -> str:
+    """What the person said in an episode ("User said: … | I answered: …")."""
+    return content.split(" | I answered: ", 1)[0]
+
+
+def _name_parts(speaker: str) -> set[str]:
+    """The words of a sender's name worth matching a query's words ("@alice_w" -> alice)."""
+    return {part for part in re.findall(r"[a-z0-9]+", speaker.lower()) if len(part) > 2}
+
+
+def _said_within(
+    db: sqlite3.Connection, window: tuple[float, float], kinds: list[str]
+) -> list[tuple[Any, ...]]:
+    where = f" AND m.type IN ({', '.join('?' * len(kinds))})" if kinds else ""
+    return db.execute(
+        f"SELECT {_COLUMNS} FROM memories m WHERE m.created_at >= ? AND m.created_at < ?{where}"
+        f" ORDER BY m.created_at LIMIT {_SAID_WITHIN}",
+        (*window, *kinds),
+    ).fetchall()
+
+
+_MONTHS = {name.lower(): n for n, name in enumerate(calendar.month_name) if name}
+_MONTHS.update({name.lower(): n for n, name in enumerate(calendar.month_abbr) if name})
+_MONTH = "|".join(sorted(_MONTHS, key=len, reverse=True))
+_DAY_MONTH = re.compile(rf"\b(\d{{1,2}})(?:st|nd|rd|th)?\s+(?:of\s+)?({_MONTH})\b", re.I)
+_MONTH_DAY = re.compile(rf"\b({_MONTH})\s+(\d{{1,2}})(?:st|nd|rd|th)?\b", re.I)
+_DAYS_AGO = re.compile(r"\b(\d{1,2}|a|one|two|three) days? ago\b", re.I)
+_WEEKDAY = re.compile(r"\blast (monday|tuesday|wednesday|thursday|friday|saturday|sunday)\b", re.I)
+
+
+def _window(query: str, now: float) -> tuple[tuple[float, float] | None, str]:
+    """The day (UTC) a query asks about, as [start, end) seconds, if it names one ("on 14
+    March", "March 14th", "yesterday", "today", "3 days ago", "last Tuesday"), and the query
+    without those words."""
+    today = dt.datetime.fromtimestamp(now, dt.UTC).date()
+    day: dt.date | None = None
+    if match := _DAY_MONTH.search(query):
+        day = _past(today, _MONTHS[match[2].lower()], int(match[1]))
+    elif match := _MONTH_DAY.search(query):
+        day = _past(today, _MONTHS[match[1].lower()], int(match[2]))
+    elif match := re.search(r"\byesterday\b", query, re.I):
+        day = today - dt.timedelta(days=1)
+    elif match := re.search(r"\btoday\b", query, re.I):
+        day = today
+    elif match := _DAYS_AGO.search(query):
+        ago = {"a": 1, "one": 1, "two": 2, "three": 3}.get(match[1].lower())
+        day = today - dt.timedelta(days=ago or int(match[1]))
+    elif match := _WEEKDAY.search(query):
+        wanted = list(calendar.day_name).index(match[1].capitalize())
+        day = today - dt.timedelta(days=(today.weekday() - wanted) % 7 or 7)
+    if day is None or match is None:
+        return None, query
+    start = dt.datetime.combine(day, dt.time(), dt.UTC).timestamp()
+    return (start, start + 86_400), query[: match.start()] + query[match.end() :]
+
+
+def _past(today: dt.date, month: int, day: int) -> dt.date | None:
+    """That day in the latest year it is not in the future; None if it is no date."""
+    for year in (today.year, today.year - 1):
+        try:
+            date = dt.date(year, month, day)
+        except ValueError:
+            return None
+        if date <= today:
+            return date
+    return None

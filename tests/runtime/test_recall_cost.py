@@ -22,15 +22,21 @@ async def bot(workspace: Path):  # type: ignore[no-untyped-def]
 
 
 async def chatter(bot: Bot, count: int) -> None:
-    """`count` episodes that all say "hello there", one a minute until now, the oldest first."""
+    """`count` episodes that all say "hello there", one a minute until now, the oldest first,
+    by Alice and Bob in turn in one conversation."""
     start = time.time() - 60 * count
 
     def write(db: sqlite3.Connection) -> None:
         db.executemany(
-            "INSERT INTO memories (content, type, importance, created_at, accessed_at)"
-            " VALUES (?, 'episodic', 0.3, ?, ?)",
+            "INSERT INTO memories (content, type, importance, created_at, accessed_at, speaker,"
+            " conversation) VALUES (?, 'episodic', 0.3, ?, ?, ?, 'telegram:1')",
             [
-                (f"User said: hello there, round {n} | I answered: hi {n}", start + n, start + n)
+                (
+                    f"User said: hello there, round {n} | I answered: hi {n}",
+                    start + 60 * n,
+                    start + 60 * n,
+                    ("Alice", "Bob")[n % 2],
+                )
                 for n in range(count)
             ],
         )
@@ -64,6 +70,20 @@ async def test_a_common_word_costs_the_same_in_1000_memories_as_in_20000(
         few = await steps_of_recall(small, "hello there")
         many = await steps_of_recall(big, "hello there")
     assert many <= 2 * few, (few, many)
+
+
+async def test_a_named_speaker_and_a_day_cost_the_same_in_1000_memories_as_in_20000(
+    workspace: Path, tmp_path: Path
+) -> None:
+    """The neighbours, the speakers and the day's turns are read for the candidates only."""
+    (tmp_path / "big").mkdir()
+    async with await Bot.open(workspace) as small, await Bot.open(tmp_path / "big") as big:
+        await chatter(small, 1_000)
+        await chatter(big, 20_000)
+        for query in ("what did Bob say today?", "did Alice say hello there yesterday?"):
+            few = await steps_of_recall(small, query)
+            many = await steps_of_recall(big, query)
+            assert many <= 2 * few, (query, few, many)
 
 
 async def test_a_rare_word_finds_its_memory_among_thousands_sharing_the_common_one(
