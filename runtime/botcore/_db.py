@@ -98,6 +98,23 @@ _SCHEMA = [
     """
     ALTER TABLE inbox ADD COLUMN address TEXT;
     """,
+    # version 5: messages the bot scheduled for its own sessions (once, or on a cron
+    # expression), with the channel, session and reply address of the message that set them
+    """
+    CREATE TABLE schedules (
+        id INTEGER PRIMARY KEY,
+        channel TEXT NOT NULL,
+        session_id TEXT NOT NULL,
+        sender TEXT,
+        address TEXT,
+        text TEXT NOT NULL,
+        cron TEXT,
+        due_at REAL NOT NULL,
+        created_at REAL NOT NULL
+    );
+    CREATE INDEX schedules_by_due ON schedules(due_at);
+    CREATE INDEX schedules_by_session ON schedules(channel, session_id);
+    """,
 ]
 
 
