@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 import trio
+import trio.testing
 
 from adapters import Inbound, Reply
 from adapters.base import WaitingResponder
@@ -98,7 +99,11 @@ class Channel:
 
 
 @pytest.fixture
-async def clock(autojump_clock: trio.abc.Clock) -> Callable[[], float]:
+async def clock(mock_clock: trio.testing.MockClock) -> Callable[[], float]:
+    # Jumps only once nothing has run for a while of real time: the database's worker
+    # threads are not "blocked" in trio's sense, and a jump while one writes would expire
+    # the runtime's own deadlines.
+    mock_clock.autojump_threshold = 0.02
     start = trio.current_time()
     return lambda: MONDAY_8AM + trio.current_time() - start
 
@@ -140,7 +145,7 @@ async def fired_rows(runtime: Runtime) -> list[tuple[str, str]]:
 
 
 async def test_a_message_scheduled_after_a_delay_is_answered_once_on_the_sessions_channel(
-    workspace: Path, clock: Callable[[], float]
+    workspace: Path, mock_clock: trio.testing.MockClock, clock: Callable[[], float]
 ) -> None:
     model, channel = Model(clock), Channel()
     async with running(local_config(workspace), model, clock, channel) as runtime:
@@ -158,7 +163,7 @@ async def test_a_message_scheduled_after_a_delay_is_answered_once_on_the_session
 
 
 async def test_a_message_at_a_time_with_an_offset_fires_at_that_instant(
-    workspace: Path, clock: Callable[[], float]
+    workspace: Path, mock_clock: trio.testing.MockClock, clock: Callable[[], float]
 ) -> None:
     model, channel = Model(clock), Channel()
     async with running(local_config(workspace), model, clock, channel) as runtime:
@@ -170,27 +175,27 @@ async def test_a_message_at_a_time_with_an_offset_fires_at_that_instant(
 
 
 async def test_a_cron_schedule_fires_at_each_time_it_names_and_stays(
-    workspace: Path, clock: Callable[[], float]
+    workspace: Path, mock_clock: trio.testing.MockClock, clock: Callable[[], float]
 ) -> None:
     model, channel = Model(clock), Channel()
     async with running(local_config(workspace), model, clock, channel) as runtime:
-        answer = await say(runtime, schedule(text="plan the day", cron="0 9 * * mon-fri"))
-        assert "next 2026-01-05 09:00:00 UTC (cron '0 9 * * mon-fri')" in answer
+        answer = await say(runtime, schedule(text="plan the day", cron="0 9 * * mon,wed"))
+        assert "next 2026-01-05 09:00:00 UTC (cron '0 9 * * mon,wed')" in answer
         times = []
-        for _ in range(6):  # Monday to Friday, then the next Monday
-            await channel.next(within=4 * 86400)
+        for _ in range(2):  # Monday, then Wednesday (not Tuesday)
+            await channel.next(within=3 * 86400)
             times.append(model.heard[-1][0])
         days = [datetime.fromtimestamp(t, UTC) for t in times]
         assert [d.strftime("%a %H:%M") for d in days] == [
-            "Mon 09:00", "Tue 09:00", "Wed 09:00", "Thu 09:00", "Fri 09:00", "Mon 09:00"
+            "Mon 09:00", "Wed 09:00"
         ]  # fmt: skip
         (left,) = await runtime.schedules.pending()
-        assert left.cron == "0 9 * * mon-fri"
-        assert len(await fired_rows(runtime)) == 6
+        assert left.cron == "0 9 * * mon,wed"
+        assert len(await fired_rows(runtime)) == 2
 
 
 async def test_schedules_are_listed_and_cancelled_per_session(
-    workspace: Path, clock: Callable[[], float]
+    workspace: Path, mock_clock: trio.testing.MockClock, clock: Callable[[], float]
 ) -> None:
     model, channel = Model(clock), Channel()
     async with running(local_config(workspace), model, clock, channel) as runtime:
@@ -225,7 +230,11 @@ async def test_schedules_are_listed_and_cancelled_per_session(
     ],
 )
 async def test_a_bad_schedule_is_refused_to_the_model_with_the_reason(
-    workspace: Path, clock: Callable[[], float], arguments: dict[str, Any], error: str
+    workspace: Path,
+    mock_clock: trio.testing.MockClock,
+    clock: Callable[[], float],
+    arguments: dict[str, Any],
+    error: str,
 ) -> None:
     model, channel = Model(clock), Channel()
     async with running(local_config(workspace), model, clock, channel) as runtime:
@@ -235,7 +244,7 @@ async def test_a_bad_schedule_is_refused_to_the_model_with_the_reason(
 
 
 async def test_a_schedule_due_while_the_bot_was_down_fires_once_at_start_then_never_again(
-    workspace: Path, clock: Callable[[], float]
+    workspace: Path, mock_clock: trio.testing.MockClock, clock: Callable[[], float]
 ) -> None:
     model, channel = Model(clock), Channel()
     config = local_config(workspace)
@@ -256,7 +265,7 @@ async def test_a_schedule_due_while_the_bot_was_down_fires_once_at_start_then_ne
 
 
 async def test_the_heartbeat_stays_silent_when_there_is_nothing_to_say(
-    workspace: Path, clock: Callable[[], float]
+    workspace: Path, mock_clock: trio.testing.MockClock, clock: Callable[[], float]
 ) -> None:
     (workspace / "HEARTBEAT.md").write_text("Remind the user of overdue tasks.\n")
     model, channel = Model(clock), Channel()
@@ -273,7 +282,7 @@ async def test_the_heartbeat_stays_silent_when_there_is_nothing_to_say(
 
 
 async def test_without_heartbeat_instructions_the_model_is_not_asked(
-    workspace: Path, clock: Callable[[], float]
+    workspace: Path, mock_clock: trio.testing.MockClock, clock: Callable[[], float]
 ) -> None:
     model, channel = Model(clock), Channel()
     config = local_config(workspace, heartbeat_minutes=5, heartbeat_session="test:me")
