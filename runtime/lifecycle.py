@@ -179,7 +179,8 @@ class Runtime:
         )
         if tools is None:
             tools = ToolRegistry(builtin_tools())
-            tools.add(schedule_tool())
+            if config.schedule_tool:
+                tools.add(schedule_tool())
             tools.add(search_tool(tools))  # offered only when the tools outgrow the budget
         self.schedules = Schedules(bot.db, clock)
         self.mcp: McpServers | None = None

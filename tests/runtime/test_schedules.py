@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 import trio
 import trio.testing
@@ -113,7 +114,7 @@ async def running(
     config: Config, model: Model, clock: Callable[[], float], channel: Channel
 ) -> AsyncIterator[Runtime]:
     async with await Bot.open(config.workspace, config.db_path) as bot:
-        runtime = Runtime(config, bot, model, clock=clock)
+        runtime = Runtime(attrs.evolve(config, schedule_tool=True), bot, model, clock=clock)
         async with trio.open_nursery() as nursery:
             await nursery.start(
                 lambda task_status: runtime.run(
