@@ -142,6 +142,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     dead_cmd.set_defaults(run=_with_config(_deadletters))
 
+    schedules_cmd = _command(commands, "schedules", "list the messages the bot scheduled")
+    schedules_cmd.add_argument("--cancel", type=int, metavar="ID", help="delete this schedule")
+    schedules_cmd.set_defaults(run=_with_config(_schedules))
+
     memory_cmd = _command(commands, "memory", "search, add, export, import the bot's memory")
     memory = memory_cmd.add_subparsers(dest="action", required=True, metavar="ACTION")
     search = _command(memory, "search", "recall the best matches for a query")
@@ -753,6 +757,26 @@ async def _deadletters(config: Config, args: argparse.Namespace) -> None:
         for entry in entries:
             reason = entry.reply.error.message if entry.reply and entry.reply.error else ""
             print(f"{entry.id}\t{entry.session_key}\t{entry.text[:60]!r}\t{reason}")
+
+
+async def _schedules(config: Config, args: argparse.Namespace) -> None:
+    from runtime.schedules import Schedules
+
+    async with await Bot.open(config.workspace, config.db_path) as bot:
+        schedules = Schedules(bot.db, time.time)
+        if args.cancel is not None:
+            done = await schedules.cancel(args.cancel)
+            print(f"schedule {args.cancel} cancelled" if done else f"no schedule {args.cancel}")
+            return
+        found = await schedules.pending()
+        if not found:
+            print("no schedules")
+        for schedule in found:
+            print(f"{schedule.session_key}\t{schedule.describe()}")
+        if config.heartbeat_minutes:
+            print(
+                f"heartbeat every {config.heartbeat_minutes:g} min into {config.heartbeat_session}"
+            )
 
 
 async def _tasks(config: Config, args: argparse.Namespace) -> None:

@@ -144,6 +144,17 @@ class BotSettings:
     """Tool calls of one model answer that run at the same time."""
     tool_threads: int = attrs.field(default=8, validator=_positive)
     """Worker threads the file and task tools may hold at once (their own pool)."""
+    schedule_tool: bool = False
+    """Whether the model gets the `schedule` tool (off: it pushes the built-in tools past the
+    default token budget, behind the tool search)."""
+    heartbeat_minutes: float = attrs.field(default=0.0, validator=attrs.validators.ge(0))
+    """How often the heartbeat asks the model to follow HEARTBEAT.md; 0 is off."""
+    heartbeat_session: str = attrs.field(
+        default="http:heartbeat",
+        validator=attrs.validators.matches_re(r"[a-z_]+:.+"),
+    )
+    """Where the heartbeat speaks, `channel:session` (`telegram:<chat id>`); on `http` its
+    answers stay in the inbox and the session's history."""
     identity_writable: bool = False
     """Whether tools may change IDENTITY.md, SOUL.md and USER.md (each change is kept)."""
     webhooks: dict[str, WebhookSource] = attrs.field(factory=dict)

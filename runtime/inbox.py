@@ -74,31 +74,17 @@ class Inbox:
                             " for a new message"
                         )
                     return earlier, False
-            cursor = db.execute(
-                "INSERT INTO inbox (channel, session_id, message_id, sender, text, state,"
-                " created_at, updated_at, address) VALUES (?, ?, ?, ?, ?, 'received', ?, ?, ?)",
-                (
-                    inbound.channel,
-                    inbound.session_id,
-                    inbound.message_id,
-                    inbound.sender,
-                    inbound.text,
-                    now,
-                    now,
-                    None if address is None else json.dumps(address),
-                ),
-            )
-            assert cursor.lastrowid is not None
-            entry = InboxEntry(
-                cursor.lastrowid,
+            entry = insert_entry(
+                db,
                 inbound.channel,
                 inbound.session_id,
                 inbound.text,
-                "received",
-                inbound.message_id,
-                inbound.sender,
+                message_id=inbound.message_id,
+                sender=inbound.sender,
                 address=address,
+                now=now,
             )
+            assert entry is not None  # its key was looked up above
             return entry, True
 
         return await self._db.run(insert)
@@ -194,6 +180,41 @@ class Inbox:
                 (state, time.time(), entry_id),
             )
         )
+
+
+def insert_entry(
+    db: sqlite3.Connection,
+    channel: str,
+    session_id: str,
+    text: str,
+    *,
+    message_id: str | None,
+    sender: str | None = None,
+    address: dict[str, Any] | None = None,
+    now: float,
+) -> InboxEntry | None:
+    """Add a `received` message inside the caller's transaction; None when its message id
+    is in the session already (the runtime's own messages, a fired schedule, use this)."""
+    cursor = db.execute(
+        "INSERT OR IGNORE INTO inbox (channel, session_id, message_id, sender, text, state,"
+        " created_at, updated_at, address) VALUES (?, ?, ?, ?, ?, 'received', ?, ?, ?)",
+        (
+            channel,
+            session_id,
+            message_id,
+            sender,
+            text,
+            now,
+            now,
+            None if address is None else json.dumps(address),
+        ),
+    )
+    if cursor.rowcount == 0:
+        return None
+    assert cursor.lastrowid is not None
+    return InboxEntry(
+        cursor.lastrowid, channel, session_id, text, "received", message_id, sender, address=address
+    )
 
 
 _COLUMNS = "id, channel, session_id, text, state, message_id, sender, reply, address"

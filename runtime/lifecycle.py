@@ -9,6 +9,7 @@ from __future__ import annotations
 import enum
 import logging
 import math
+import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -35,10 +36,12 @@ from runtime.inbox import Inbox, InboxEntry
 from runtime.llm import ModelRequest, Provider, UserText
 from runtime.logs import Redactor
 from runtime.metrics import Metrics
+from runtime.schedules import Clock, Heartbeat, Schedules, is_silent, run_scheduler
 from runtime.session import Job, SessionActor, SessionServices, TurnLimits
 from runtime.tokens import TokenCounter
 from runtime.tools import ToolExecutor, ToolRegistry, builtin_tools
 from runtime.tools.catalogue import search_tool
+from runtime.tools.schedule import schedule_tool
 
 if TYPE_CHECKING:
     from runtime.tools.mcp import McpServers
@@ -96,6 +99,22 @@ class _Fanout:
             responder.progress(event)
 
 
+class _Quiet:
+    """The responder of a heartbeat: an answer with nothing to say goes nowhere."""
+
+    def __init__(self, inner: Responder) -> None:
+        self._inner = inner
+
+    def reply(self, reply: Reply) -> None:
+        if reply.error is None and is_silent(reply.message):
+            log.info("heartbeat: nothing to say")
+            return
+        self._inner.reply(reply)
+
+    def progress(self, event: Progress) -> None:
+        pass  # what streams may yet turn out to be nothing to say
+
+
 @attrs.frozen
 class ResetSession:
     """Forget a session's conversation, in its mailbox so it runs in order with its
@@ -144,6 +163,7 @@ class Runtime:
         tools: ToolRegistry | None = None,
         policy: RestartPolicy = RestartPolicy(),
         secrets: Sequence[str | None] = (),
+        clock: Clock = time.time,
     ) -> None:
         self.config = config
         self.bot = bot
@@ -155,7 +175,10 @@ class Runtime:
         )
         if tools is None:
             tools = ToolRegistry(builtin_tools())
+            if config.schedule_tool:
+                tools.add(schedule_tool())
             tools.add(search_tool(tools))  # offered only when the tools outgrow the budget
+        self.schedules = Schedules(bot.db, clock)
         self.mcp: McpServers | None = None
         if config.mcp:  # the SDK is imported only for a bot that has MCP servers
             from runtime.tools.mcp import McpServers
@@ -194,6 +217,7 @@ class Runtime:
             redact=redact,
             # Exact counts need tiktoken's 47 MiB of ranks: only for OpenAI's models.
             tokens=TokenCounter(exact="openai:" in provider.name),
+            schedules=self.schedules,
         )
         self.registry: Registry[str, SessionMessage] = Registry(
             lambda key: _Session(key, self.services),
@@ -233,6 +257,10 @@ class Runtime:
         self._dead_send, self._dead_receive = trio.open_memory_channel[tuple[int, Reply]](math.inf)
         self._state = Lifecycle.NEW
         self._background = trio.CancelScope()
+        self._scheduling = trio.CancelScope()
+        self._responders: RecoveryResponders = {}
+        self._nursery: trio.Nursery | None = None
+        self._catching_up = False
         self.summarize = model_summary(provider)
 
     @property
@@ -274,6 +302,8 @@ class Runtime:
             if self.mcp is not None:  # stopped with the database, once every turn is done
                 await database.start(self.mcp.run)
             async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                self._responders = responders
                 await trio.to_thread.run_sync(self.services.tokens.load)
                 await nursery.start(self._run_sessions)
                 nursery.start_soon(self._record_dead_letters)
@@ -285,6 +315,8 @@ class Runtime:
                     nursery.start_soon(self._catch_up)
                 if self._state is Lifecycle.STARTING:
                     self._move(Lifecycle.ACCEPTING)
+                    # After recovery: a schedule fired before a crash is recovered, not fired.
+                    nursery.start_soon(self._run_scheduler)
                 task_status.started()
             # Every actor has finished: stop batching (what is queued still runs).
             database.cancel_scope.cancel()
@@ -296,6 +328,7 @@ class Runtime:
             return
         self._move(Lifecycle.CLOSING)
         self._background.cancel()
+        self._scheduling.cancel()
         self.registry.close()
 
     async def _run_sessions(self, *, task_status: trio.TaskStatus[None]) -> None:
@@ -422,9 +455,40 @@ class Runtime:
     async def _catch_up(self) -> None:
         """Feed the backlog as the sessions make room, until it is empty or the runtime
         closes."""
-        while self._backlog and not self._closing:
-            await trio.sleep(0.05)
-            self._feed_backlog()
+        self._catching_up = True
+        try:
+            while self._backlog and not self._closing:
+                await trio.sleep(0.05)
+                self._feed_backlog()
+        finally:
+            self._catching_up = False
+
+    async def _run_scheduler(self) -> None:
+        config = self.config
+        heartbeat = None
+        if config.heartbeat_minutes:
+            channel, _, session_id = config.heartbeat_session.partition(":")
+            heartbeat = Heartbeat(
+                config.heartbeat_minutes * 60, channel, session_id, self.bot.workspace
+            )
+        with self._scheduling:
+            await run_scheduler(self.schedules, self._fire, heartbeat)
+
+    def _fire(self, entry: InboxEntry, heartbeat: bool) -> None:
+        """A fired schedule (or heartbeat), in the inbox already: to its session, behind
+        what waits there, answered on its channel as a recovered message would be."""
+        make = self._responders.get(entry.channel)
+        responder = make(entry) if make is not None else Unattended(entry.session_key)
+        if heartbeat:
+            responder = _Quiet(responder)
+        inbound = Inbound(
+            entry.channel, entry.session_id, entry.text, responder, entry.message_id, entry.sender
+        )
+        job, self._waiting[entry.id] = self._job(entry.id, inbound)
+        self._backlog.setdefault(entry.session_key, deque()).append(job)
+        self._feed_backlog()
+        if self._backlog and not self._catching_up and self._nursery is not None:
+            self._nursery.start_soon(self._catch_up)
 
     def _undelivered(self, job: SessionMessage, error: ActorStopped) -> None:
         if isinstance(job, ResetSession):

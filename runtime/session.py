@@ -37,6 +37,7 @@ from runtime.llm import (
 from runtime.logs import Redactor
 from runtime.metrics import Metrics
 from runtime.prompt import PromptTokens, build_request
+from runtime.schedules import Schedules
 from runtime.tokens import TokenCounter
 from runtime.tools import ToolContext, ToolExecutor, ToolRegistry
 from runtime.tools.catalogue import loaded
@@ -319,6 +320,8 @@ class SessionServices:
     tasks: TaskGraph | None = None
     redact: Redactor = attrs.field(factory=Redactor)
     """Takes configured secrets out of the user's text and the model's answer."""
+    schedules: Schedules | None = None
+    """The bot's schedules, for the `schedule` tool."""
 
 
 class SessionActor:
@@ -460,6 +463,8 @@ class SessionActor:
                     self.session_key,
                     services.files or bot.tools.fs,
                     services.tasks or bot.tasks,
+                    inbox_id=job.inbox_id,
+                    schedules=services.schedules,
                 )
                 cap = services.limits.max_tool_calls
 

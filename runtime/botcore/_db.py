@@ -107,6 +107,23 @@ _SCHEMA = [
         WHERE conversation IS NOT NULL;
     CREATE INDEX memories_by_time ON memories(created_at);
     """,
+    # version 6: messages the bot scheduled for its own sessions (once, or on a cron
+    # expression), with the channel, session and reply address of the message that set them
+    """
+    CREATE TABLE schedules (
+        id INTEGER PRIMARY KEY,
+        channel TEXT NOT NULL,
+        session_id TEXT NOT NULL,
+        sender TEXT,
+        address TEXT,
+        text TEXT NOT NULL,
+        cron TEXT,
+        due_at REAL NOT NULL,
+        created_at REAL NOT NULL
+    );
+    CREATE INDEX schedules_by_due ON schedules(due_at);
+    CREATE INDEX schedules_by_session ON schedules(channel, session_id);
+    """,
 ]
 
 

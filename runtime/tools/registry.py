@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import attrs
 import trio
@@ -9,6 +10,9 @@ import trio
 from runtime.botcore import Bot, FileTools, TaskGraph
 from runtime.llm import ToolCall, ToolResult, ToolSpec
 from runtime.logs import Redactor
+
+if TYPE_CHECKING:
+    from runtime.schedules import Schedules
 
 log = logging.getLogger("runtime.tools")
 
@@ -31,6 +35,9 @@ class ToolContext:
     tasks: TaskGraph = attrs.field(
         default=attrs.Factory(lambda self: self.bot.tasks, takes_self=True)
     )
+    inbox_id: int | None = None
+    """The inbox row of the message being answered (a schedule is answered where it was)."""
+    schedules: Schedules | None = None
 
 
 Handler = Callable[[ToolContext, JSONObject], Awaitable[str]]
