@@ -447,7 +447,7 @@ async def _read_line(prompt: str) -> str:
 async def _chat(config: Config, session: str, message: str | None) -> int:
     """A terminal conversation through the same session machinery as the HTTP channel."""
     interactive = message is None
-    async with await Bot.open(config.workspace, config.db_path) as bot:
+    async with await Bot.open(config.workspace, config.database) as bot:
         left = [
             entry
             for entry in await Inbox(bot.db).unfinished()
@@ -578,15 +578,17 @@ async def _doctor(config: Config, report: _Report) -> None:
     else:
         report.ok(f"workspace {workspace}")
     try:
-        async with await Bot.open(config.workspace, config.db_path) as bot:
+        async with await Bot.open(config.workspace, config.database) as bot:
             memories = (await bot.memory.stats()).total_memories
             inbox = Inbox(bot.db)
             waiting, dead = len(await inbox.unfinished()), len(await inbox.dead_letters())
-            check = await bot.db.run(lambda db: db.execute("PRAGMA quick_check").fetchone())
+            check = None
+            if bot.db.dialect == "sqlite":
+                check = await bot.db.run(lambda db: db.execute("PRAGMA quick_check").fetchone())
     except (BotCoreError, OSError, sqlite3.Error) as exc:
-        report.fail(f"database {config.db_path}: {exc}")
+        report.fail(f"database {config.database_name}: {exc}")
     else:
-        line = f"database {config.db_path.resolve()}: {_plural(memories, 'memory', 'memories')}"
+        line = f"database {config.database_name}: {_plural(memories, 'memory', 'memories')}"
         if check and check[0] != "ok":
             report.fail(f"{line}, damaged: {check[0]}")
         elif dead:
@@ -709,6 +711,11 @@ def _run_backup(args: argparse.Namespace) -> int:
     config = _load_config(args)
     target: Path = args.file
     source = config.db_path
+    if config.database_url:
+        raise CliError(
+            "the bot's data is on PostgreSQL: back it up with pg_dump (docs/DEPLOY.md);"
+            " 'botcorebot backup' copies a SQLite database"
+        )
     if not source.is_file():
         raise CliError(f"there is no database at {source} to back up")
     if target.exists():
@@ -743,7 +750,7 @@ def _backup(source: Path, target: Path) -> None:
 
 
 async def _deadletters(config: Config, args: argparse.Namespace) -> None:
-    async with await Bot.open(config.workspace, config.db_path) as bot:
+    async with await Bot.open(config.workspace, config.database) as bot:
         inbox = Inbox(bot.db)
         if args.retry is not None:
             if await inbox.retry(args.retry):
@@ -762,7 +769,7 @@ async def _deadletters(config: Config, args: argparse.Namespace) -> None:
 async def _schedules(config: Config, args: argparse.Namespace) -> None:
     from runtime.schedules import Schedules
 
-    async with await Bot.open(config.workspace, config.db_path) as bot:
+    async with await Bot.open(config.workspace, config.database) as bot:
         schedules = Schedules(bot.db, time.time)
         if args.cancel is not None:
             done = await schedules.cancel(args.cancel)
@@ -822,7 +829,7 @@ async def _memory(config: Config, args: argparse.Namespace) -> int:
         and not await trio.Path(args.file).parent.is_dir()
     ):
         raise CliError(f"cannot write {args.file}: {args.file.parent} is not a folder")
-    async with await Bot.open(config.workspace, config.db_path) as bot:
+    async with await Bot.open(config.workspace, config.database) as bot:
         if args.action == "consolidate":
             provider = open_model(config)
             try:
@@ -894,7 +901,7 @@ async def _memory(config: Config, args: argparse.Namespace) -> int:
 async def _identity(config: Config, args: argparse.Namespace) -> None:
     """`identity history` lists the tools' changes with the text each replaced; `identity
     restore ID` puts that text back (itself recorded, so it can be undone too)."""
-    async with await Bot.open(config.workspace, config.db_path) as bot:
+    async with await Bot.open(config.workspace, config.database) as bot:
         if args.action == "restore":
             change = await bot.tools.fs.restore_identity(args.change)
             state = "did not exist" if change.before is None else "was"

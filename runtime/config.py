@@ -8,12 +8,14 @@ import tomllib
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import attrs
 import cattrs
 
 from adapters.ratelimit import trusted_proxies
 from adapters.webhook import WebhookSource, secret_problem
+from runtime.botcore._db import describe, is_postgres_url
 
 CONFIG_FILE = "botcore.toml"
 
@@ -105,6 +107,11 @@ class BotSettings:
 
     workspace: Path = Path(".")
     engram_db_path: Path | None = None
+    database_url: str | None = attrs.field(
+        default=None, repr=False, validator=lambda _, __, value: _database_url(value)
+    )
+    """`DATABASE_URL`: a `postgresql://` URL puts the bot's data on PostgreSQL, which several
+    replicas can share; unset, the bot's data is the SQLite file `db_path`."""
     default_model: str | None = None
     fallback_models: str = ""
     anthropic_api_key: str | None = attrs.field(default=None, repr=False)
@@ -171,11 +178,24 @@ class BotSettings:
             self.telegram_webhook_secret,
             *(hook.secret for hook in self.webhooks.values()),
             *(secret for server in self.mcp.values() for secret in server.secrets),
+            self.database_url and urlsplit(self.database_url).password,
         )
 
     @property
     def db_path(self) -> Path:
         return self.engram_db_path or self.workspace / "engram.db"
+
+    @property
+    def database(self) -> Path | str:
+        """What `Bot.open` opens: the PostgreSQL URL when there is one, else the SQLite file."""
+        return self.database_url or self.db_path
+
+    @property
+    def database_name(self) -> str:
+        """The database for people (logs, banners): no password."""
+        if self.database_url:
+            return describe(self.database_url)
+        return str(self.db_path.resolve())
 
 
 @attrs.frozen(slots=False)
@@ -251,6 +271,14 @@ class Config(BotSettings, ProcessSettings):
             if problem is not None:
                 raise ConfigError(f"webhook source {name!r}: {problem}; check its {where}")
         return attrs.evolve(config, mcp=_mcp_servers(config.mcp, environ))
+
+
+def _database_url(value: str | None) -> None:
+    if value is not None and not is_postgres_url(value):
+        raise ValueError(
+            "DATABASE_URL must be a postgresql:// URL (SQLite needs none: ENGRAM_DB_PATH"
+            " names its file)"
+        )
 
 
 _MCP_NAME = re.compile(r"[A-Za-z0-9-]+(_[A-Za-z0-9-]+)*")

@@ -7,11 +7,10 @@ retry for about a day and sign a timestamp, GitHub does not retry on its own.
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from collections.abc import Sequence
 
-from runtime.botcore import Database
+from runtime.botcore import Connection, Database
 
 WINDOW_SECONDS = 3 * 86_400.0
 LIMIT = 100_000
@@ -33,7 +32,7 @@ class Deliveries:
         since = time.time() - self._window
         marks = ", ".join("?" * len(keys))
 
-        def find(db: sqlite3.Connection) -> bool:
+        def find(db: Connection) -> bool:
             row = db.execute(
                 "SELECT 1 FROM webhook_deliveries"
                 f" WHERE source = ? AND key IN ({marks}) AND seen_at >= ? LIMIT 1",
@@ -48,9 +47,10 @@ class Deliveries:
         self._records += 1
         count_them = self._records % _COUNT_EVERY == 1
 
-        def write(db: sqlite3.Connection) -> None:
+        def write(db: Connection) -> None:
             db.executemany(
-                "INSERT OR REPLACE INTO webhook_deliveries (source, key, seen_at) VALUES (?, ?, ?)",
+                "INSERT INTO webhook_deliveries (source, key, seen_at) VALUES (?, ?, ?)"
+                " ON CONFLICT (source, key) DO UPDATE SET seen_at = excluded.seen_at",
                 [(source, key, now) for key in keys],
             )
             db.execute("DELETE FROM webhook_deliveries WHERE seen_at < ?", (now - self._window,))

@@ -171,7 +171,7 @@ def _banner(
         identity.display_name,
         bot.workspace,
         provider.name,
-        config.db_path.resolve(),
+        config.database_name,
     )
     if not (bot.workspace / "IDENTITY.md").exists():
         log.warning(
@@ -222,7 +222,7 @@ class HostConfig:
     def check(self) -> None:
         """Two bots must not share what only one can use: a database, a Telegram token."""
         for what, key in (
-            ("database", lambda bot: str(bot.db_path.resolve())),
+            ("database", lambda bot: str(bot.database_url or bot.db_path.resolve())),
             ("Telegram bot token", lambda bot: bot.telegram_bot_token),
         ):
             seen: dict[object, str] = {}
@@ -354,7 +354,7 @@ async def serve(
     async with AsyncExitStack() as opened:
         hosted: list[_Hosted] = []
         for name, settings in host.bots.items():
-            bot = await Bot.open(settings.workspace, settings.db_path)
+            bot = await Bot.open(settings.workspace, settings.database)
             opened.push_async_callback(_shielded, bot.aclose)
             provider = open_model(settings)
             opened.push_async_callback(_shielded, provider.aclose)

@@ -9,7 +9,6 @@ reply instead of running a second turn.
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
@@ -18,7 +17,7 @@ import attrs
 import cattrs
 
 from adapters import Inbound, KeyReused, Reply
-from runtime.botcore import Database, MemoryType
+from runtime.botcore import Connection, Database, MemoryType
 from runtime.botcore._history import Role, insert_turn
 from runtime.botcore._memory import EPISODE_IMPORTANCE, episode_of, remember
 
@@ -58,7 +57,7 @@ class Inbox:
         now = time.time()
         address = None if inbound.address is None else _converter.unstructure(inbound.address)
 
-        def insert(db: sqlite3.Connection) -> tuple[InboxEntry, bool]:
+        def insert(db: Connection) -> tuple[InboxEntry, bool]:
             if inbound.message_id is not None:
                 row = db.execute(
                     f"SELECT {_COLUMNS} FROM inbox"
@@ -111,7 +110,7 @@ class Inbox:
         now = time.time()
         episode = episode_of(exchange)
 
-        def write(db: sqlite3.Connection) -> None:
+        def write(db: Connection) -> None:
             insert_turn(db, session_key, reply.turn_id, exchange, usage)
             if episode:
                 meta = {"session": session_key, "turn": reply.turn_id}
@@ -183,7 +182,7 @@ class Inbox:
 
 
 def insert_entry(
-    db: sqlite3.Connection,
+    db: Connection,
     channel: str,
     session_id: str,
     text: str,
@@ -195,9 +194,10 @@ def insert_entry(
 ) -> InboxEntry | None:
     """Add a `received` message inside the caller's transaction; None when its message id
     is in the session already (the runtime's own messages, a fired schedule, use this)."""
-    cursor = db.execute(
-        "INSERT OR IGNORE INTO inbox (channel, session_id, message_id, sender, text, state,"
-        " created_at, updated_at, address) VALUES (?, ?, ?, ?, ?, 'received', ?, ?, ?)",
+    row = db.execute(
+        "INSERT INTO inbox (channel, session_id, message_id, sender, text, state,"
+        " created_at, updated_at, address) VALUES (?, ?, ?, ?, ?, 'received', ?, ?, ?)"
+        " ON CONFLICT DO NOTHING RETURNING id",
         (
             channel,
             session_id,
@@ -208,12 +208,11 @@ def insert_entry(
             now,
             None if address is None else json.dumps(address),
         ),
-    )
-    if cursor.rowcount == 0:
+    ).fetchone()
+    if row is None:
         return None
-    assert cursor.lastrowid is not None
     return InboxEntry(
-        cursor.lastrowid, channel, session_id, text, "received", message_id, sender, address=address
+        int(row[0]), channel, session_id, text, "received", message_id, sender, address=address
     )
 
 

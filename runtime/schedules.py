@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import sqlite3
 from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -22,7 +21,7 @@ from pathlib import Path
 import attrs
 import trio
 
-from runtime.botcore import Database
+from runtime.botcore import Connection, Database
 from runtime.inbox import InboxEntry, insert_entry
 
 log = logging.getLogger("runtime.schedules")
@@ -243,7 +242,7 @@ class Schedules:
             assert at is not None
             due = at
 
-        def insert(db: sqlite3.Connection) -> Schedule:
+        def insert(db: Connection) -> Schedule:
             origin = db.execute(
                 "SELECT channel, session_id, sender, address FROM inbox WHERE id = ?", (inbox_id,)
             ).fetchone()
@@ -258,13 +257,12 @@ class Schedules:
                 raise ScheduleError(
                     f"this session has {count} schedules, the most it may have; cancel one first"
                 )
-            cursor = db.execute(
+            (schedule_id,) = db.execute(
                 "INSERT INTO schedules (channel, session_id, sender, address, text, cron,"
-                " due_at, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                " due_at, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
                 (channel, session_id, sender, address, text, cron, due, now),
-            )
-            assert cursor.lastrowid is not None
-            return Schedule(cursor.lastrowid, channel, session_id, text, due, cron)
+            ).fetchone()
+            return Schedule(int(schedule_id), channel, session_id, text, due, cron)
 
         schedule = await self._db.run(insert)
         self._touch()
@@ -312,7 +310,7 @@ class Schedules:
         transaction. Returns the new inbox rows (none for a due time fired before)."""
         now = self.clock()
 
-        def fire(db: sqlite3.Connection) -> list[InboxEntry]:
+        def fire(db: Connection) -> list[InboxEntry]:
             rows = db.execute(
                 "SELECT id, channel, session_id, sender, address, text, cron, due_at"
                 " FROM schedules WHERE due_at <= ? ORDER BY due_at, id",

@@ -24,7 +24,7 @@ from runtime.botcore._consolidation import (
     consolidate,
     extractive_summary,
 )
-from runtime.botcore._db import Database
+from runtime.botcore._db import Connection, Database, Dialect
 from runtime.botcore._errors import (
     BotCoreError,
     FileRefused,
@@ -42,8 +42,10 @@ __all__ = [
     "Bot",
     "BotCoreError",
     "BotTools",
+    "Connection",
     "ConsolidationStats",
     "Database",
+    "Dialect",
     "FileRefused",
     "FileTools",
     "GraphView",

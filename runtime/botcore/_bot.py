@@ -7,7 +7,7 @@ from types import TracebackType
 import attrs
 import trio
 
-from runtime.botcore._db import Database
+from runtime.botcore._db import Database, describe, is_postgres_url
 from runtime.botcore._errors import WorkspaceError
 from runtime.botcore._files import TOOL_THREADS, FileTools
 from runtime.botcore._gid import TaskGraph
@@ -35,15 +35,18 @@ class Bot:
         self.tools = BotTools(fs=FileTools(workspace, db, limiter=limiter))
 
     @classmethod
-    async def open(cls, workspace: str | os.PathLike[str], db_path: Path | None = None) -> Bot:
-        """Open the workspace folder; its database defaults to `<workspace>/engram.db`."""
+    async def open(
+        cls, workspace: str | os.PathLike[str], database: Path | str | None = None
+    ) -> Bot:
+        """Open the workspace folder and its database: a SQLite file (`<workspace>/engram.db`
+        unless given) or a `postgresql://` URL."""
         root = await trio.to_thread.run_sync(_check_workspace, Path(workspace))
+        target = database or root / "engram.db"
         try:
-            db = await Database.open(db_path or root / "engram.db")
+            db = await Database.open(target)
         except Exception as exc:
-            raise WorkspaceError(
-                f"cannot open the database {db_path or root / 'engram.db'}: {exc}"
-            ) from exc
+            where = describe(str(target)) if is_postgres_url(target) else target
+            raise WorkspaceError(f"cannot open the database {where}: {exc}") from exc
         return cls(root, db)
 
     async def aclose(self) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from itertools import groupby
@@ -13,7 +12,7 @@ from typing import Any
 
 import attrs
 
-from runtime.botcore._db import Database
+from runtime.botcore._db import Connection, Database, json_field
 from runtime.botcore._memory import MemoryType, activation, remember, strength
 
 log = logging.getLogger("runtime.memory")
@@ -65,11 +64,11 @@ async def _consolidate(
 ) -> ConsolidationStats:
     at = time.time() if now is None else now
 
-    def episodes(db: sqlite3.Connection) -> tuple[int, list[tuple[Any, ...]]]:
+    def episodes(db: Connection) -> tuple[int, list[tuple[Any, ...]]]:
         total = db.execute("SELECT count(*) FROM memories").fetchone()[0]
         rows = db.execute(
             "SELECT id, content, importance, created_at,"
-            " coalesce(json_extract(metadata, '$.session'), '') AS session"
+            f" coalesce({json_field(db, 'session')}, '') AS session"
             " FROM memories WHERE type = 'episodic' AND created_at < ? ORDER BY session, id",
             (at - policy.episodes_after,),
         ).fetchall()
@@ -110,7 +109,7 @@ async def _consolidate(
 
 
 def _fold(
-    db: sqlite3.Connection, *, session: str, chunk: list[tuple[Any, ...]], summary: str
+    db: Connection, *, session: str, chunk: list[tuple[Any, ...]], summary: str
 ) -> None:
     first, last = chunk[0][3], chunk[-1][3]
     importance = max(0.5, *(row[2] for row in chunk))
@@ -123,7 +122,7 @@ _SLICE = 5_000
 
 
 def _forget_slice(
-    policy: RetentionPolicy, now: float, after_id: int, db: sqlite3.Connection
+    policy: RetentionPolicy, now: float, after_id: int, db: Connection
 ) -> tuple[int, int | None]:
     """Forget the faded among the next `_SLICE` candidates after `after_id`: (forgotten,
     the id to go on from, or None when done)."""
@@ -141,7 +140,7 @@ def _forget_slice(
     return len(faded), (candidates[-1][0] if len(candidates) == _SLICE else None)
 
 
-def _cap(db: sqlite3.Connection, policy: RetentionPolicy) -> tuple[int, int]:
+def _cap(db: Connection, policy: RetentionPolicy) -> tuple[int, int]:
     """Over `max_memories`, the least important and longest unused go: (removed, left)."""
     total: int = db.execute("SELECT count(*) FROM memories").fetchone()[0]
     over = total - policy.max_memories

@@ -1,15 +1,76 @@
+"""The bot's database: one storage seam, two engines.
+
+`Database.run(call)` runs `call(connection)` in a worker thread inside a transaction. The
+`Connection` it gets is the engine's, behind one small protocol: `execute` and `executemany`
+with `?` placeholders on both engines, and `dialect` for the few statements that differ
+(full-text search, JSON). SQLite (`engram.db`, the embedded default) is the standard library's
+connection; PostgreSQL (`DATABASE_URL=postgresql://...`, shared by replicas) is psycopg's,
+imported only when it is used (`runtime.botcore._postgres`).
+"""
+
 from __future__ import annotations
 
 import math
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Literal, Protocol, TypeVar
+from urllib.parse import parse_qs, urlsplit
 
 import outcome
 import trio
 
 T = TypeVar("T")
+
+Dialect = Literal["sqlite", "postgresql"]
+
+
+class Cursor(Protocol):
+    """What `Connection.execute` returns: the rows of a statement and how many it changed."""
+
+    @property
+    def rowcount(self) -> int: ...
+
+    def fetchone(self) -> Any: ...
+
+    def fetchall(self) -> list[Any]: ...
+
+    def __iter__(self) -> Iterator[Any]: ...
+
+
+class Connection(Protocol):
+    """The connection a `Database.run` call works with, inside its transaction."""
+
+    @property
+    def dialect(self) -> Dialect: ...
+
+    def execute(self, sql: str, parameters: Sequence[Any] = (), /) -> Cursor: ...
+
+    def executemany(self, sql: str, parameters: Iterable[Sequence[Any]], /) -> Cursor: ...
+
+
+def json_field(db: Connection, name: str) -> str:
+    """The SQL of a top-level text field of `metadata` (a JSON object stored as text)."""
+    assert name.isidentifier()
+    if db.dialect == "postgresql":
+        return f"(metadata::jsonb ->> '{name}')"
+    return f"json_extract(metadata, '$.{name}')"
+
+
+def is_postgres_url(target: object) -> bool:
+    return isinstance(target, str) and target.startswith(("postgresql://", "postgres://"))
+
+
+def describe(url: str) -> str:
+    """The server and database of a PostgreSQL URL, for people: no user or password."""
+    parts = urlsplit(url)
+    host = parts.hostname or ",".join(parse_qs(parts.query).get("host", [])) or "localhost"
+    port = f":{parts.port}" if parts.port else ""
+    database = parts.path.lstrip("/") or "(default database)"
+    if host.startswith("/"):
+        return f"postgresql database {database} on the socket in {host}"
+    return f"postgresql://{host}{port}/{database}"
+
 
 _SCHEMA = [
     # version 1
@@ -124,38 +185,79 @@ _SCHEMA = [
     CREATE INDEX schedules_by_due ON schedules(due_at);
     CREATE INDEX schedules_by_session ON schedules(channel, session_id);
     """,
+    # version 7: the identity files' changes, by migration like every other table (it was
+    # created on first use)
+    """
+    CREATE TABLE IF NOT EXISTS identity_changes (
+        id INTEGER PRIMARY KEY,
+        at REAL NOT NULL,
+        file TEXT NOT NULL,
+        op TEXT NOT NULL,
+        before TEXT,
+        after TEXT
+    );
+    """,
+    # version 8: each memory's length in words, which BM25 needs; FTS5 keeps its own, the
+    # PostgreSQL engine reads this one, and one INSERT serves both
+    """
+    ALTER TABLE memories ADD COLUMN words INTEGER NOT NULL DEFAULT 0;
+    """,
 ]
 
 
 class _Call(Generic[T]):
     __slots__ = ("call", "done", "result")
 
-    def __init__(self, call: Callable[[sqlite3.Connection], T]) -> None:
+    def __init__(self, call: Callable[[Connection], T]) -> None:
         self.call = call
         self.done = trio.Event()
         self.result: outcome.Outcome[T] | None = None
 
 
-class Database:
-    """The bot's one SQLite database (WAL), used from worker threads one call at a time.
+class Engine(Protocol):
+    """One engine's side of `Database`: runs batches of calls in its worker threads."""
 
-    Every call runs in a worker thread, so the trio loop never blocks on disk. Calls are
-    serialized, which is what SQLite wants for writes. A call that was started finishes even
-    if its caller is cancelled, so a cancelled turn never leaves a half-written transaction.
+    dialect: Dialect
+    parallel: int
+    """How many batches may run at once (each in its own thread and transaction)."""
+    errors: tuple[type[BaseException], ...]
+    """The engine's own errors: what a health check or `doctor` reports as a database fault."""
+
+    def execute(self, batch: list[_Call[Any]]) -> None:
+        """Run `batch` in one transaction, each call in a savepoint of its own, and commit:
+        every call ends with a result, its value only once the commit holds it."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class Database:
+    """The bot's database, used from worker threads.
+
+    Every call runs in a worker thread, so the trio loop never blocks on disk or network. A
+    call that was started finishes even if its caller is cancelled, so a cancelled turn never
+    leaves a half-written transaction.
 
     While `serve_batches` runs (the runtime starts it), calls are queued, and everything
     queued runs in one worker-thread hop and one transaction, each call in a savepoint of its
     own (group commit): a call that fails rolls back alone, the others commit together, and
     no caller hears of its result before that commit. Under load, one commit serves many
     turns' accepts, stores and replies instead of one each. Without it, each call takes its
-    own hop and commit.
+    own hop and commit. SQLite runs one batch at a time (it has one writer); PostgreSQL
+    several, each on a connection of its pool.
     """
 
-    def __init__(self, connection: sqlite3.Connection, path: Path) -> None:
-        self._connection = connection
-        self._limiter = trio.CapacityLimiter(1)
+    def __init__(self, engine: Engine, *, path: Path | None, where: str) -> None:
+        self._engine = engine
+        self._threads = trio.CapacityLimiter(engine.parallel)
+        self._slots = trio.Semaphore(engine.parallel)
         self._queue: trio.MemorySendChannel[_Call[Any]] | None = None
+        self.dialect: Dialect = engine.dialect
+        self.errors = engine.errors
         self.path = path
+        """The SQLite file; None on PostgreSQL."""
+        self.where = where
+        """Where the data is, for people: the file, or the server and database (no password)."""
         self.maintenance = trio.Lock()
         """Held by long maintenance passes (memory consolidation), so two never overlap."""
         self.batches = 0
@@ -163,16 +265,27 @@ class Database:
         self.commits = 0
 
     @classmethod
-    async def open(cls, path: Path) -> Database:
-        connection = await trio.to_thread.run_sync(_connect, path)
-        return cls(connection, path)
+    async def open(cls, target: Path | str) -> Database:
+        """SQLite at a file path, or PostgreSQL at a `postgresql://` URL."""
+        if is_postgres_url(target):
+            from runtime.botcore._postgres import PostgresEngine
 
-    async def run(self, call: Callable[[sqlite3.Connection], T]) -> T:
+            engine = await trio.to_thread.run_sync(PostgresEngine.connect, str(target))
+            return cls(engine, path=None, where=describe(str(target)))
+        path = Path(target)
+        engine_ = await trio.to_thread.run_sync(_SqliteEngine.connect, path)
+        return cls(engine_, path=path, where=str(path))
+
+    @property
+    def engine(self) -> Engine:
+        return self._engine
+
+    async def run(self, call: Callable[[Connection], T]) -> T:
         """Run `call(connection)` in a worker thread inside a transaction; return once it is
         committed."""
         pending = _Call(call)
         if self._queue is None:
-            await trio.to_thread.run_sync(self._execute, [pending], limiter=self._limiter)
+            await trio.to_thread.run_sync(self._engine.execute, [pending], limiter=self._threads)
             self.calls += 1
             self.commits += 1
         else:
@@ -188,31 +301,82 @@ class Database:
         send, receive = trio.open_memory_channel[_Call[Any]](math.inf)
         self._queue = send
         try:
-            task_status.started()
-            async for first in receive:
-                # Shielded: to_thread checks for cancellation before it starts, and a batch
-                # taken off the queue must run, or its callers would wait forever.
-                with trio.CancelScope(shield=True):
-                    await self._run_batch([first, *_drain(receive)])
+            async with trio.open_nursery() as running:
+                task_status.started()
+                async for first in receive:
+                    # Shielded: to_thread checks for cancellation before it starts, and a
+                    # batch taken off the queue must run, or its callers would wait forever.
+                    with trio.CancelScope(shield=True):
+                        await self._slots.acquire()
+                    # Whatever queued while waiting for a slot joins this batch.
+                    running.start_soon(self._run_batch, [first, *_drain(receive)])
         finally:
             self._queue = None
             send.close()
             with trio.CancelScope(shield=True):
                 left = _drain(receive)
                 if left:
+                    await self._slots.acquire()
                     await self._run_batch(left)
 
     async def _run_batch(self, batch: list[_Call[Any]]) -> None:
-        await trio.to_thread.run_sync(self._execute, batch, limiter=self._limiter)
+        try:
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(self._engine.execute, batch, limiter=self._threads)
+        finally:
+            self._slots.release()
         self.batches += 1
         self.commits += 1
         self.calls += len(batch)
         for pending in batch:
             pending.done.set()
 
-    def _execute(self, batch: list[_Call[Any]]) -> None:
-        """Run `batch` in one transaction, each call in its own savepoint, and commit. Every
-        call ends with a result: its value only once the commit holds it."""
+    async def aclose(self) -> None:
+        await trio.to_thread.run_sync(self._engine.close, limiter=self._threads)
+
+
+def _drain(receive: trio.MemoryReceiveChannel[_Call[Any]]) -> list[_Call[Any]]:
+    calls = []
+    while True:
+        try:
+            calls.append(receive.receive_nowait())
+        except (trio.WouldBlock, trio.EndOfChannel):
+            return calls
+
+
+class _SqliteConnection(sqlite3.Connection):
+    dialect: Dialect = "sqlite"
+
+
+class _SqliteEngine:
+    """SQLite in WAL mode: one connection, one batch at a time (SQLite has one writer)."""
+
+    dialect: Dialect = "sqlite"
+    parallel = 1
+    errors: tuple[type[BaseException], ...] = (sqlite3.Error,)
+
+    def __init__(self, connection: _SqliteConnection) -> None:
+        self._connection = connection
+
+    @classmethod
+    def connect(cls, path: Path) -> _SqliteEngine:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        connection = sqlite3.connect(
+            path, check_same_thread=False, isolation_level=None, factory=_SqliteConnection
+        )
+        # Autocommit for the pragmas (journal_mode cannot change inside a transaction); then
+        # DEFERRED transactions, begun and committed by `execute`.
+        connection.execute("PRAGMA journal_mode=WAL")
+        connection.execute("PRAGMA synchronous=NORMAL")
+        connection.execute("PRAGMA busy_timeout=5000")
+        connection.isolation_level = "DEFERRED"
+        version = connection.execute("PRAGMA user_version").fetchone()[0]
+        for number, script in enumerate(_SCHEMA[version:], start=version + 1):
+            connection.executescript(script)
+            connection.execute(f"PRAGMA user_version={number}")
+        return cls(connection)
+
+    def execute(self, batch: list[_Call[Any]]) -> None:
         db = self._connection
         uncommitted: list[_Call[Any]] = []
         try:
@@ -248,30 +412,5 @@ class Database:
                 if pending.result is None or pending in uncommitted:
                     pending.result = outcome.Error(exc)
 
-    async def aclose(self) -> None:
-        await trio.to_thread.run_sync(self._connection.close, limiter=self._limiter)
-
-
-def _drain(receive: trio.MemoryReceiveChannel[_Call[Any]]) -> list[_Call[Any]]:
-    calls = []
-    while True:
-        try:
-            calls.append(receive.receive_nowait())
-        except (trio.WouldBlock, trio.EndOfChannel):
-            return calls
-
-
-def _connect(path: Path) -> sqlite3.Connection:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    connection = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-    # Autocommit for the pragmas (journal_mode cannot change inside a transaction); then
-    # DEFERRED transactions, begun and committed by `Database._execute`.
-    connection.execute("PRAGMA journal_mode=WAL")
-    connection.execute("PRAGMA synchronous=NORMAL")
-    connection.execute("PRAGMA busy_timeout=5000")
-    connection.isolation_level = "DEFERRED"
-    version = connection.execute("PRAGMA user_version").fetchone()[0]
-    for number, script in enumerate(_SCHEMA[version:], start=version + 1):
-        connection.executescript(script)
-        connection.execute(f"PRAGMA user_version={number}")
-    return connection
+    def close(self) -> None:
+        self._connection.close()

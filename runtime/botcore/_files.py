@@ -12,7 +12,6 @@ import builtins
 import errno
 import os
 import secrets
-import sqlite3
 import stat
 import time
 from collections.abc import Callable, Iterator
@@ -22,7 +21,7 @@ from typing import TypeVar
 
 import trio
 
-from runtime.botcore._db import Database
+from runtime.botcore._db import Connection, Database
 from runtime.botcore._errors import FileRefused, OutsideWorkspace
 from runtime.botcore._identity import IDENTITY_FILES, IdentityChange, IdentityHistory
 
@@ -73,7 +72,7 @@ class FileTools:
         self._max_read_bytes = max_read_bytes
         self.identity_history = IdentityHistory(db)
         protected = {CONFIG_FILE, *LOCK_FILES}
-        for db_file in (self._root / "engram.db", db.path):
+        for db_file in (self._root / "engram.db", db.path or self._root / "engram.db"):
             for suffix in _DB_SUFFIXES:
                 inside = _inside(self._root, Path(f"{db_file.resolve()}{suffix}"))
                 if inside is not None:
@@ -277,7 +276,7 @@ class FileTools:
     async def _record(self, op: str, parts: tuple[str, ...], size: int) -> None:
         relative, now = "/".join(parts) or ".", time.time()
 
-        def insert(db: sqlite3.Connection) -> None:
+        def insert(db: Connection) -> None:
             db.execute(
                 "INSERT INTO activity (at, op, path, bytes) VALUES (?, ?, ?, ?)",
                 (now, op, relative, size),

@@ -1,14 +1,13 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 from collections.abc import Mapping, Sequence
 from typing import Literal
 
 import attrs
 
-from runtime.botcore._db import Database
+from runtime.botcore._db import Connection, Database, json_field
 
 Role = Literal["user", "assistant"]
 
@@ -40,7 +39,7 @@ class History:
     async def recent(self, session_key: str, limit: int = 20) -> list[HistoryEntry]:
         """The last `limit` messages of the session, oldest first."""
 
-        def select(db: sqlite3.Connection) -> list[HistoryEntry]:
+        def select(db: Connection) -> list[HistoryEntry]:
             rows = db.execute(
                 "SELECT role, content, turn_id, created_at FROM history WHERE session_key = ?"
                 " ORDER BY id DESC LIMIT ?",
@@ -62,14 +61,14 @@ class History:
         turns and the summaries consolidated from them (the next turn must not recall what
         was forgotten). Facts the bot was told to remember stay. The history rows removed."""
 
-        def forget(db: sqlite3.Connection) -> int:
+        def forget(db: Connection) -> int:
             removed: int = db.execute(
                 "DELETE FROM history WHERE session_key = ?", (session_key,)
             ).rowcount
+            session, folded = json_field(db, "session"), json_field(db, "consolidated_from")
             db.execute(
-                "DELETE FROM memories WHERE json_extract(metadata, '$.session') = ?"
-                " AND (type = 'episodic'"
-                " OR json_extract(metadata, '$.consolidated_from') IS NOT NULL)",
+                f"DELETE FROM memories WHERE {session} = ?"
+                f" AND (type = 'episodic' OR {folded} IS NOT NULL)",
                 (session_key,),
             )
             return removed
@@ -78,7 +77,7 @@ class History:
 
 
 def insert_turn(
-    db: sqlite3.Connection,
+    db: Connection,
     session_key: str,
     turn_id: str,
     exchange: Sequence[tuple[Role, str]],

@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import os
 import re
-import sqlite3
 import stat
 import time
 from pathlib import Path
@@ -10,7 +9,7 @@ from pathlib import Path
 import attrs
 import trio
 
-from runtime.botcore._db import Database
+from runtime.botcore._db import Connection, Database
 
 _FIELD = re.compile(r"^\s*[-*]\s*\*\*(?P<key>[^*:]+):?\*\*:?\s*(?P<value>.*?)\s*$")
 IDENTITY_FILES = ("IDENTITY.md", "SOUL.md", "USER.md")
@@ -116,21 +115,9 @@ class IdentityChange:
     after: str | None
 
 
-_TABLE = """
-CREATE TABLE IF NOT EXISTS identity_changes (
-    id INTEGER PRIMARY KEY,
-    at REAL NOT NULL,
-    file TEXT NOT NULL,
-    op TEXT NOT NULL,
-    before TEXT,
-    after TEXT
-)
-"""
-
-
 class IdentityHistory:
     """Every change the tools made to IDENTITY.md, SOUL.md or USER.md, so it can be undone
-    (`botcorebot identity history|restore`). The table is created on first use."""
+    (`botcorebot identity history|restore`)."""
 
     def __init__(self, db: Database) -> None:
         self._db = db
@@ -138,22 +125,20 @@ class IdentityHistory:
     async def record(self, file: str, op: str, before: str | None, after: str | None) -> int:
         now = time.time()
 
-        def insert(db: sqlite3.Connection) -> int:
-            db.execute(_TABLE)
-            cursor = db.execute(
-                "INSERT INTO identity_changes (at, file, op, before, after) VALUES (?, ?, ?, ?, ?)",
+        def insert(db: Connection) -> int:
+            (change_id,) = db.execute(
+                "INSERT INTO identity_changes (at, file, op, before, after)"
+                " VALUES (?, ?, ?, ?, ?) RETURNING id",
                 (now, file, op, before, after),
-            )
-            assert cursor.lastrowid is not None
-            return cursor.lastrowid
+            ).fetchone()
+            return int(change_id)
 
         return await self._db.run(insert)
 
     async def changes(self, limit: int = 50) -> list[IdentityChange]:
         """The latest changes, newest first."""
 
-        def select(db: sqlite3.Connection) -> list[IdentityChange]:
-            db.execute(_TABLE)
+        def select(db: Connection) -> list[IdentityChange]:
             rows = db.execute(
                 "SELECT id, at, file, op, before, after FROM identity_changes "
                 "ORDER BY id DESC LIMIT ?",
@@ -164,8 +149,7 @@ class IdentityHistory:
         return await self._db.run(select)
 
     async def get(self, change_id: int) -> IdentityChange | None:
-        def select(db: sqlite3.Connection) -> IdentityChange | None:
-            db.execute(_TABLE)
+        def select(db: Connection) -> IdentityChange | None:
             row = db.execute(
                 "SELECT id, at, file, op, before, after FROM identity_changes WHERE id = ?",
                 (change_id,),

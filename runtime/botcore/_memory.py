@@ -7,15 +7,15 @@ import hashlib
 import json
 import math
 import re
-import sqlite3
 import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import attrs
 
-from runtime.botcore._db import Database
+from runtime.botcore._db import Connection, Database
 from runtime.botcore._errors import InvalidMemory
+from runtime.botcore._fulltext import null_safe_equal, word_search
 
 _WORD = re.compile(r"\w+", re.UNICODE)
 _STOPWORDS = frozenset(
@@ -125,7 +125,7 @@ def check(content: str, type: MemoryType | str, importance: float) -> tuple[str,
 
 
 def remember(
-    db: sqlite3.Connection,
+    db: Connection,
     content: str,
     kind: MemoryType,
     importance: float,
@@ -142,33 +142,35 @@ def remember(
     terms = query_terms(content)
     mine = {_stem(term) for term in terms}
     fingerprint = _fingerprint(mine)
+    same = null_safe_equal(db)
     candidates = db.execute(
         "SELECT id, content FROM memories WHERE type = ? AND fingerprint = ?"
-        " AND speaker IS ? AND conversation IS ? LIMIT 20",
+        f" AND speaker {same} ? AND conversation {same} ? LIMIT 20",
         (kind.value, fingerprint, speaker, conversation),
     ).fetchall()
     if not candidates and 1 < len(terms) <= _NEAR_TERMS:
-        # Memories with all of these words and maybe more (FTS5 stems them; the AND is
+        # Memories with all of these words and maybe more (stemmed by the index; the AND is
         # cheap: it walks the rarest word's list).
-        candidates = db.execute(
-            "SELECT m.id, m.content FROM memories_fts CROSS JOIN memories m ON m.id = memories_fts.rowid"
-            " WHERE memories_fts MATCH ? AND m.type = ? AND m.speaker IS ?"
-            " AND m.conversation IS ? LIMIT 20",
-            (" AND ".join(f'"{t}"' for t in terms), kind.value, speaker, conversation),
-        ).fetchall()
+        candidates = word_search(db).all_of(
+            db,
+            terms,
+            f" AND m.type = ? AND m.speaker {same} ? AND m.conversation {same} ?",
+            (kind.value, speaker, conversation),
+        )
     for other_id, other in candidates:
         theirs = _stems(other)
         similar = len(mine & theirs) / max(1, len(mine | theirs)) >= DUPLICATE
         if similar and _same_claims(content, other):
             db.execute(
                 "UPDATE memories SET access_count = access_count + 1, accessed_at = ?,"
-                " importance = max(importance, ?) WHERE id = ?",
-                (now, importance, other_id),
+                " importance = CASE WHEN importance < ? THEN ? ELSE importance END WHERE id = ?",
+                (now, importance, importance, other_id),
             )
             return other_id, True
-    cursor = db.execute(
+    (memory_id,) = db.execute(
         "INSERT INTO memories (content, type, importance, metadata, created_at, accessed_at,"
-        " fingerprint, speaker, conversation) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        " fingerprint, speaker, conversation, words) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        " RETURNING id",
         (
             content,
             kind.value,
@@ -179,10 +181,10 @@ def remember(
             fingerprint,
             speaker,
             conversation,
+            len(_WORD.findall(content)),
         ),
-    )
-    assert cursor.lastrowid is not None
-    return cursor.lastrowid, False
+    ).fetchone()
+    return int(memory_id), False
 
 
 EPISODE_IMPORTANCE = 0.3
@@ -253,7 +255,7 @@ class MemoryStore:
         if not (terms or window) or limit <= 0:
             return []
 
-        def search(db: sqlite3.Connection) -> list[Memory]:
+        def search(db: Connection) -> list[Memory]:
             count = max(_CANDIDATES, limit * 4)
             rows, relevance = _candidates(db, terms, kinds, count)
             day = _said_within(db, window, kinds) if window else []
@@ -301,7 +303,7 @@ class MemoryStore:
         )
 
     async def stats(self) -> MemoryStats:
-        def read(db: sqlite3.Connection) -> MemoryStats:
+        def read(db: Connection) -> MemoryStats:
             total, oldest, newest, average = db.execute(
                 "SELECT count(*), min(created_at), max(created_at), avg(importance) FROM memories"
             ).fetchone()
@@ -322,7 +324,7 @@ class MemoryStore:
         """Add exported memories, keeping their times and uses: (added, reinforced)."""
         batch = list(memories)
 
-        def write(db: sqlite3.Connection) -> tuple[int, int]:
+        def write(db: Connection) -> tuple[int, int]:
             added = reinforced = 0
             for m in batch:
                 content, kind, importance = check(m.content, m.type, m.importance)
@@ -387,7 +389,7 @@ statement (SQLite allows 500 SELECTs in a compound one)."""
 
 
 def _candidates(
-    db: sqlite3.Connection, terms: list[str], kinds: list[str], count: int
+    db: Connection, terms: list[str], kinds: list[str], count: int
 ) -> tuple[list[tuple[Any, ...]], Callable[[tuple[Any, ...]], float]]:
     """Up to `count` memories worth ranking for `terms`, and how relevant each is.
 
@@ -400,12 +402,8 @@ def _candidates(
     terms = terms[:_SEARCHED_TERMS]
     if not terms:
         return [], _coverage_of(terms)
-    probe = " UNION ALL ".join(
-        f"SELECT {n}, count(*) FROM (SELECT rowid FROM memories_fts"
-        f" WHERE memories_fts MATCH ? LIMIT {COMMON + 1})"
-        for n in range(len(terms))
-    )
-    found = dict(db.execute(probe, [_match([term]) for term in terms]).fetchall())
+    search = word_search(db)
+    found = search.counts(db, terms, COMMON + 1)
     ranked, common, spent = [], [], 0
     for n in sorted(range(len(terms)), key=found.__getitem__):
         if found[n] == 0:
@@ -416,14 +414,10 @@ def _candidates(
         else:
             common.append(terms[n])
     if ranked:
-        rows = db.execute(
-            f"SELECT {_COLUMNS}, rank"
-            " FROM memories_fts CROSS JOIN memories m ON m.id = memories_fts.rowid"
-            f" WHERE memories_fts MATCH ?{where} ORDER BY rank LIMIT ?",
-            (_match(ranked), *kinds, count),
-        ).fetchall()
-        bm25 = {row[0]: -row[-1] for row in rows}
-        total = db.execute("SELECT max(rowid) FROM memories").fetchone()[0] or 1
+        hits = [found[terms.index(term)] for term in ranked]
+        scored = search.ranked(db, _COLUMNS, ranked, hits, where, kinds, count)
+        bm25 = {row[0]: score for row, score in scored}
+        total = db.execute("SELECT max(id) FROM memories").fetchone()[0] or 1
         idf = {
             _stem(terms[n]): math.log(1 + (total - found[n] + 0.5) / (found[n] + 0.5))
             for n in range(len(terms))
@@ -438,26 +432,17 @@ def _candidates(
             mixed = LENGTH_NORMALISATION * bm25[row[0]] + (1 - LENGTH_NORMALISATION) * flat
             return float(mixed) * (1.0 + 0.2 * _coverage(common, row[1]))
 
-        return [row[:-1] for row in rows], relevance
+        return [row for row, _ in scored], relevance
     if not common:
         return [], _coverage_of(terms)
     # Newest first from the index itself (no scoring), in a bounded window even when a
     # type filter leaves few of them.
-    rows = db.execute(
-        f"SELECT {_COLUMNS} FROM (SELECT rowid FROM memories_fts WHERE memories_fts MATCH ?"
-        " ORDER BY rowid DESC LIMIT ?) AS f CROSS JOIN memories m ON m.id = f.rowid"
-        f" WHERE 1{where} LIMIT ?",
-        (_match(common), count * (8 if kinds else 1), *kinds, count),
-    ).fetchall()
+    rows = search.newest(db, _COLUMNS, common, where, kinds, count * (8 if kinds else 1), count)
     return rows, _coverage_of(common)
 
 
 def _coverage_of(terms: list[str]) -> Callable[[tuple[Any, ...]], float]:
     return lambda row: _coverage(terms, row[1])
-
-
-def _match(terms: list[str]) -> str:
-    return " OR ".join(f'"{term}"' for term in terms)
 
 
 def _stem(word: str) -> str:
@@ -541,7 +526,7 @@ _SAID_WITHIN = 120
 
 
 def _in_context(
-    db: sqlite3.Connection,
+    db: Connection,
     rows: list[tuple[Any, ...]],
     relevance: Callable[[tuple[Any, ...]], float],
     names: set[str],
@@ -592,7 +577,7 @@ def _in_context(
 
 
 def _neighbours(
-    db: sqlite3.Connection, rows: list[tuple[Any, ...]]
+    db: Connection, rows: list[tuple[Any, ...]]
 ) -> dict[int, tuple[tuple[Any, ...] | None, tuple[Any, ...] | None]]:
     """The turn before and the turn after each episode in its conversation (if close in time)."""
     found = {}
@@ -634,7 +619,7 @@ def _name_parts(speaker: str) -> set[str]:
 
 
 def _said_within(
-    db: sqlite3.Connection, window: tuple[float, float], kinds: list[str]
+    db: Connection, window: tuple[float, float], kinds: list[str]
 ) -> list[tuple[Any, ...]]:
     where = f" AND m.type IN ({', '.join('?' * len(kinds))})" if kinds else ""
     return db.execute(

@@ -55,7 +55,7 @@ async def open_runtime(
     config: Config, provider: Provider | None = None, *, policy: RestartPolicy | None = None
 ) -> AsyncIterator[Runtime]:
     """A runtime without any channel, for driving `deliver` directly; closed afterwards."""
-    async with await Bot.open(config.workspace, config.db_path) as bot:
+    async with await Bot.open(config.workspace, config.database) as bot:
         runtime = Runtime(config, bot, provider or OfflineModel(), policy=policy or RestartPolicy())
         async with trio.open_nursery() as nursery:
             await nursery.start(runtime.run)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import Mapping
 from datetime import datetime
 from pathlib import Path
@@ -11,7 +10,7 @@ from pathlib import Path
 import attrs
 import trio
 
-from runtime.botcore import Bot
+from runtime.botcore import Bot, Connection
 from runtime.botcore._memory import EPISODE_IMPORTANCE, MemoryType, episode_of, remember
 
 RECALL_SET = Path(__file__).resolve().parents[2] / "tests" / "data" / "recall_set.json"
@@ -76,7 +75,7 @@ async def rank_conversations(bot: Bot, *, path: Path = CONVERSATION_SET) -> dict
     data = json.loads(await trio.Path(path).read_text(encoding="utf-8"))
     turns = [(chat["key"], turn) for chat in data["conversations"] for turn in chat["turns"]]
 
-    def write(db: sqlite3.Connection) -> dict[str, int]:
+    def write(db: Connection) -> dict[str, int]:
         ids = {}
         for chat, turn in turns:
             episode = episode_of([("user", turn["user"]), ("assistant", turn["reply"])])

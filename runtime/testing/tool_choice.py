@@ -145,7 +145,7 @@ async def score_tool_choice(
     items = items if items is not None else labelled_set()
     model = ChoosingModel(items, search_with_message=search_with_message)
     tokens = []
-    async with await Bot.open(config.workspace, config.db_path) as bot:
+    async with await Bot.open(config.workspace, config.database) as bot:
         runtime = Runtime(config, bot, model, tools=registry)
         async with trio.open_nursery() as nursery:
             await nursery.start(runtime.run)

@@ -10,11 +10,11 @@ from runtime.botcore import Bot, InvalidMemory, MemoryType, OutsideWorkspace, Wo
 
 
 @pytest.fixture
-async def bot(tmp_path: Path):  # type: ignore[no-untyped-def]
+async def bot(tmp_path: Path, database: Path | str):  # type: ignore[no-untyped-def]
     (tmp_path / "IDENTITY.md").write_text(
         "# Me\n- **Name:** TestBot\n- **Creature:** fox\n- **Vibe:** dry\n- **Emoji:** 🦊\n"
     )
-    async with await Bot.open(tmp_path) as opened:
+    async with await Bot.open(tmp_path, database) as opened:
         yield opened
 
 
@@ -122,9 +122,9 @@ async def test_opening_a_missing_workspace_says_so(tmp_path: Path) -> None:
         await Bot.open(tmp_path / "nope")
 
 
-async def test_memories_survive_reopening(tmp_path: Path) -> None:
-    async with await Bot.open(tmp_path) as bot:
+async def test_memories_survive_reopening(tmp_path: Path, database: Path | str) -> None:
+    async with await Bot.open(tmp_path, database) as bot:
         await bot.memory.store("the wifi password is on the fridge")
-    async with await Bot.open(tmp_path) as bot:
+    async with await Bot.open(tmp_path, database) as bot:
         assert len(await bot.memory.recall("wifi")) == 1
     await trio.lowlevel.checkpoint()

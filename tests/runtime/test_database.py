@@ -1,18 +1,31 @@
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
 
+import psycopg
 import pytest
 import trio
 
-from runtime.botcore import Database
+from runtime.botcore import Connection, Database
+
+UNIQUE_VIOLATION = (sqlite3.IntegrityError, psycopg.IntegrityError)
+
+
+def elsewhere(database: Path | str) -> Callable[[str, tuple[object, ...]], list[tuple[object, ...]]]:
+    """Another connection to the same database (another process, after a crash)."""
+    if isinstance(database, str):
+        other = psycopg.connect(database, autocommit=True)
+        return lambda sql, args: other.execute(sql.replace("?", "%s"), args).fetchall()
+    lite = sqlite3.connect(database)
+    return lambda sql, args: lite.execute(sql, args).fetchall()
 
 
 async def test_batched_calls_share_thread_hops_and_keep_their_own_transactions(
-    tmp_path: Path,
+    database: Path | str,
 ) -> None:
-    db = await Database.open(tmp_path / "t.db")
+    db = await Database.open(database)
     await db.run(lambda c: c.execute("CREATE TABLE t (n INTEGER UNIQUE)"))
     unbatched = db.calls
     results: dict[int, object] = {}
@@ -22,7 +35,7 @@ async def test_batched_calls_share_thread_hops_and_keep_their_own_transactions(
             results[n] = await db.run(
                 lambda c: c.execute("INSERT INTO t VALUES (?)", (n % 50,)).rowcount
             )
-        except sqlite3.IntegrityError as exc:
+        except UNIQUE_VIOLATION as exc:
             results[n] = exc
 
     async with trio.open_nursery() as nursery:
@@ -34,13 +47,13 @@ async def test_batched_calls_share_thread_hops_and_keep_their_own_transactions(
     assert db.calls - unbatched == 100 and db.batches < 20  # many calls per worker-thread hop
     assert sum(1 for r in results.values() if r == 1) == 50
     # A failing call fails alone: its duplicates were refused, the others committed.
-    assert sum(isinstance(r, sqlite3.IntegrityError) for r in results.values()) == 50
+    assert sum(isinstance(r, UNIQUE_VIOLATION) for r in results.values()) == 50
     assert await db.run(lambda c: c.execute("SELECT count(*) FROM t").fetchone()[0]) == 50
     await db.aclose()
 
 
-async def test_calls_queued_when_batching_stops_still_run(tmp_path: Path) -> None:
-    db = await Database.open(tmp_path / "t.db")
+async def test_calls_queued_when_batching_stops_still_run(database: Path | str) -> None:
+    db = await Database.open(database)
     await db.run(lambda c: c.execute("CREATE TABLE t (n INTEGER)"))
     async with trio.open_nursery() as nursery:
         await nursery.start(db.serve_batches)
@@ -56,13 +69,13 @@ async def test_calls_queued_when_batching_stops_still_run(tmp_path: Path) -> Non
         nursery.cancel_scope.cancel()
     await done.wait()
     assert await db.run(lambda c: c.execute("SELECT count(*) FROM t").fetchone()[0]) == 1
-    with pytest.raises(sqlite3.OperationalError):
+    with pytest.raises(db.errors):
         await db.run(lambda c: c.execute("SELECT nope FROM t"))
     await db.aclose()
 
 
-async def test_no_call_is_lost_when_batching_stops_at_any_moment(tmp_path: Path) -> None:
-    db = await Database.open(tmp_path / "t.db")
+async def test_no_call_is_lost_when_batching_stops_at_any_moment(database: Path | str) -> None:
+    db = await Database.open(database)
     await db.run(lambda c: c.execute("CREATE TABLE t (n INTEGER)"))
     for n in range(60):
         async with trio.open_nursery() as nursery:
@@ -84,20 +97,20 @@ async def test_no_call_is_lost_when_batching_stops_at_any_moment(tmp_path: Path)
     await db.aclose()
 
 
-async def test_a_batch_commits_once_and_every_answered_write_is_on_disk(tmp_path: Path) -> None:
-    db = await Database.open(tmp_path / "t.db")
+async def test_a_batch_commits_once_and_every_answered_write_is_on_disk(database: Path | str) -> None:
+    db = await Database.open(database)
     await db.run(lambda c: c.execute("CREATE TABLE t (n INTEGER UNIQUE)"))
     before = db.commits
-    other = sqlite3.connect(tmp_path / "t.db")
+    other = elsewhere(database)
     seen_on_disk: list[bool] = []
 
     async def insert(n: int) -> None:
         try:
             await db.run(lambda c: c.execute("INSERT INTO t VALUES (?)", (n % 50,)))
-        except sqlite3.IntegrityError:
+        except UNIQUE_VIOLATION:
             return
         # Answered: another connection (another process, after a crash) already sees it.
-        row = other.execute("SELECT count(*) FROM t WHERE n = ?", (n % 50,)).fetchone()
+        (row,) = other("SELECT count(*) FROM t WHERE n = ?", (n % 50,))
         seen_on_disk.append(row[0] == 1)
 
     async with trio.open_nursery() as nursery:
@@ -108,15 +121,14 @@ async def test_a_batch_commits_once_and_every_answered_write_is_on_disk(tmp_path
         nursery.cancel_scope.cancel()
     assert len(seen_on_disk) == 50 and all(seen_on_disk)
     assert db.commits - before == db.batches < 20  # not one commit per call
-    other.close()
     await db.aclose()
 
 
-async def test_a_call_that_fails_rolls_back_its_own_writes_only(tmp_path: Path) -> None:
-    db = await Database.open(tmp_path / "t.db")
+async def test_a_call_that_fails_rolls_back_its_own_writes_only(database: Path | str) -> None:
+    db = await Database.open(database)
     await db.run(lambda c: c.execute("CREATE TABLE t (n INTEGER)"))
 
-    def half_then_fail(c: sqlite3.Connection) -> None:
+    def half_then_fail(c: Connection) -> None:
         c.execute("INSERT INTO t VALUES (666)")
         raise ValueError("changed my mind")
 
@@ -159,3 +171,20 @@ async def test_a_write_refused_by_another_writers_lock_fails_alone_and_leaves_no
     await db.run(lambda c: c.execute("INSERT INTO t VALUES (2)"))  # and the next one works
     assert await db.run(lambda c: c.execute("SELECT n FROM t").fetchall()) == [(2,)]
     await db.aclose()
+
+
+async def test_a_lost_server_connection_fails_the_calls_under_way_and_the_next_one_works(
+    postgres_server: str,
+) -> None:
+    from runtime.testing.postgres import drop_schema, new_schema
+
+    url = new_schema(postgres_server)
+    db = await Database.open(url)
+    await db.run(lambda c: c.execute("CREATE TABLE t (n INTEGER)"))
+    with pytest.raises(psycopg.OperationalError):
+        # The server ends this connection (a restart, a failover, an admin's kill).
+        await db.run(lambda c: c.execute("SELECT pg_terminate_backend(pg_backend_pid())"))
+    await db.run(lambda c: c.execute("INSERT INTO t VALUES (1)"))
+    assert await db.run(lambda c: c.execute("SELECT n FROM t").fetchall()) == [(1,)]
+    await db.aclose()
+    drop_schema(url)

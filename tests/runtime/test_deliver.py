@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -18,8 +19,9 @@ def _message(text: str, responder: WaitingResponder) -> Inbound:
 
 async def test_a_caller_cancelled_mid_accept_leaves_a_message_a_retry_is_answered(
     workspace: Path,
+    storage: dict[str, Any],
 ) -> None:
-    async with open_runtime(local_config(workspace)) as runtime:
+    async with open_runtime(local_config(workspace, **storage)) as runtime:
         with trio.CancelScope() as caller:
             caller.cancel()  # the client disconnects while the inbox write is under way
             await runtime.deliver(_message("remember the code is 4711", WaitingResponder()))
@@ -33,8 +35,8 @@ async def test_a_caller_cancelled_mid_accept_leaves_a_message_a_retry_is_answere
     assert unfinished == []
 
 
-async def test_a_key_reused_for_another_text_is_refused_by_the_inbox(workspace: Path) -> None:
-    async with open_runtime(local_config(workspace)) as runtime:
+async def test_a_key_reused_for_another_text_is_refused_by_the_inbox(workspace: Path, storage: dict[str, Any]) -> None:
+    async with open_runtime(local_config(workspace, **storage)) as runtime:
         first = WaitingResponder()
         await runtime.deliver(_message("hello", first))
         await first.wait()

@@ -30,8 +30,8 @@ DAY = 86_400.0
 
 
 @pytest.fixture
-async def bot(workspace: Path):  # type: ignore[no-untyped-def]
-    async with await Bot.open(workspace) as opened:
+async def bot(workspace: Path, database: Path | str):  # type: ignore[no-untyped-def]
+    async with await Bot.open(workspace, database) as opened:
         yield opened
 
 

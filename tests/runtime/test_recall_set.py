@@ -17,7 +17,7 @@ def test_the_set_is_big_enough_and_every_label_names_a_memory() -> None:
     assert {q["answer"] for q in data["questions"]} <= set(keys)
 
 
-async def test_recall_at_5_stays_at_or_above_0_85(workspace: Path) -> None:
-    async with await Bot.open(workspace) as bot:
+async def test_recall_at_5_stays_at_or_above_0_85(workspace: Path, database: Path | str) -> None:
+    async with await Bot.open(workspace, database) as bot:
         score = await score_recall(bot, k=5)
     assert score.recall_at_k >= 0.85, f"recall@5 {score.recall_at_k}; missed: {score.misses}"
