@@ -162,6 +162,9 @@ class BotSettings:
     )
     """Where the heartbeat speaks, `channel:session` (`telegram:<chat id>`); on `http` its
     answers stay in the inbox and the session's history."""
+    lease_seconds: float = attrs.field(default=4.0, validator=attrs.validators.ge(1.0))
+    """On PostgreSQL, how long a replica's hold on a session lasts unless renewed: how soon
+    another replica takes over the sessions of one that died."""
     identity_writable: bool = False
     """Whether tools may change IDENTITY.md, SOUL.md and USER.md (each change is kept)."""
     webhooks: dict[str, WebhookSource] = attrs.field(factory=dict)

@@ -20,6 +20,7 @@ from adapters import Inbound, KeyReused, Reply
 from runtime.botcore import Connection, Database, MemoryType
 from runtime.botcore._history import Role, insert_turn
 from runtime.botcore._memory import EPISODE_IMPORTANCE, episode_of, remember
+from runtime.leases import DATABASE_NOW, Lease, LeaseLost, fence_sql
 
 State = Literal["received", "processing", "replied", "dead"]
 
@@ -102,15 +103,31 @@ class Inbox:
         exchange: Sequence[tuple[Role, str]],
         usage: Mapping[str, int],
         reply: Reply,
+        *,
+        lease: Lease | None = None,
     ) -> None:
         """Store the turn's history and the reply together: one transaction, so a crash can
-        never leave a turn in the history whose message is still waiting to be handled."""
+        never leave a turn in the history whose message is still waiting to be handled.
+
+        Under a `lease` (replicas on PostgreSQL) the reply is written first, and only while
+        the lease holds: otherwise nothing is written and `LeaseLost` is raised, so a replica
+        that lost the session while it worked changes nothing."""
         body = json.dumps(_converter.unstructure(reply))
 
         now = time.time()
         episode = episode_of(exchange)
 
         def write(db: Connection) -> None:
+            if lease is not None:
+                changed = db.execute(
+                    "UPDATE inbox SET state = 'replied', reply = ?, updated_at = ?"
+                    f" WHERE id = ? AND state <> 'replied' AND {fence_sql(db)}",
+                    (body, now, entry_id, lease.key, lease.owner, lease.epoch),
+                ).rowcount
+                if changed != 1:
+                    raise LeaseLost(
+                        f"session {lease.key} is no longer this replica's (epoch {lease.epoch})"
+                    )
             insert_turn(db, session_key, reply.turn_id, exchange, usage)
             if episode:
                 meta = {"session": session_key, "turn": reply.turn_id}
@@ -125,10 +142,11 @@ class Inbox:
                     speaker=sender and sender[0],
                     conversation=session_key,
                 )
-            db.execute(
-                "UPDATE inbox SET state = 'replied', reply = ?, updated_at = ? WHERE id = ?",
-                (body, now, entry_id),
-            )
+            if lease is None:
+                db.execute(
+                    "UPDATE inbox SET state = 'replied', reply = ?, updated_at = ? WHERE id = ?",
+                    (body, now, entry_id),
+                )
 
         await self._db.run(write)
 
@@ -147,6 +165,45 @@ class Inbox:
             lambda db: db.execute(
                 f"SELECT {_COLUMNS} FROM inbox WHERE state IN ('received', 'processing')"
                 " ORDER BY id"
+            ).fetchall()
+        )
+        return [_entry(row) for row in rows]
+
+    async def waiting_sessions(self, owner: str, limit: int = 100) -> list[tuple[str, str, list[int]]]:
+        """Sessions with messages not answered yet that no other replica holds (`owner` is
+        this one): (channel, session id, the messages' ids), the longest waiting first."""
+        rows = await self._db.run(
+            lambda db: db.execute(
+                "SELECT i.channel, i.session_id, array_agg(i.id ORDER BY i.id) FROM inbox i"
+                " WHERE i.state IN ('received', 'processing') AND NOT EXISTS ("
+                " SELECT 1 FROM session_leases l"
+                " WHERE l.session_key = i.channel || ':' || i.session_id AND l.owner <> ?"
+                f" AND l.expires_at > {DATABASE_NOW})"
+                " GROUP BY i.channel, i.session_id ORDER BY min(i.id) LIMIT ?",
+                (owner, limit),
+            ).fetchall()
+        )
+        return [(str(channel), str(session), list(ids)) for channel, session, ids in rows]
+
+    async def unfinished_of(self, channel: str, session_id: str) -> list[InboxEntry]:
+        """One session's messages accepted but not answered, oldest first."""
+        rows = await self._db.run(
+            lambda db: db.execute(
+                f"SELECT {_COLUMNS} FROM inbox WHERE channel = ? AND session_id = ?"
+                " AND state IN ('received', 'processing') ORDER BY id",
+                (channel, session_id),
+            ).fetchall()
+        )
+        return [_entry(row) for row in rows]
+
+    async def answered(self, ids: Sequence[int]) -> list[InboxEntry]:
+        """Those of `ids` that are answered (replied, or dead-lettered with their reply)."""
+        marks = ", ".join("?" * len(ids))
+        rows = await self._db.run(
+            lambda db: db.execute(
+                f"SELECT {_COLUMNS} FROM inbox WHERE id IN ({marks})"
+                " AND state IN ('replied', 'dead') AND reply IS NOT NULL",
+                tuple(ids),
             ).fetchall()
         )
         return [_entry(row) for row in rows]

@@ -33,6 +33,7 @@ from adapters.ratelimit import RateLimiter
 from runtime.botcore import Bot, FileTools, Summarize, TaskGraph, consolidate
 from runtime.config import BotSettings
 from runtime.inbox import Inbox, InboxEntry
+from runtime.leases import Lease, LeaseLost, SessionLeases
 from runtime.llm import ModelRequest, Provider, UserText
 from runtime.logs import Redactor
 from runtime.metrics import Metrics
@@ -47,6 +48,11 @@ if TYPE_CHECKING:
     from runtime.tools.mcp import McpServers
 
 log = logging.getLogger("runtime")
+
+CLAIM_EVERY = 0.5
+"""How often a replica looks for sessions with waiting messages that no replica holds."""
+WATCH_EVERY = 0.1
+"""How often a replica looks for the answers other replicas wrote for its waiting clients."""
 
 ACCEPT_DEADLINE = 30.0
 """How long `deliver` may wait for the inbox write, shielded from its caller's cancellation."""
@@ -89,6 +95,10 @@ class _Fanout:
     def add(self, responder: Responder) -> None:
         self._responders.append(responder)
 
+    @property
+    def responders(self) -> list[Responder]:
+        return list(self._responders)
+
     def reply(self, reply: Reply) -> None:
         self._on_reply()
         for responder in self._responders:
@@ -129,16 +139,36 @@ SessionMessage = Job | ResetSession
 
 
 class _Session:
-    """The actor of one session: its turns, and the resets between them."""
+    """The actor of one session: its turns, and the resets between them.
 
-    def __init__(self, key: str, services: SessionServices) -> None:
+    A turn under a lease runs in the lease's cancel scope: when the lease is lost (another
+    replica took the session), the turn stops and `moved` hands its waiting clients over to
+    whoever answers it now."""
+
+    def __init__(
+        self, key: str, services: SessionServices, moved: Callable[[Job], None]
+    ) -> None:
         self._key = key
         self._turns = SessionActor(key, services)
         self._history = services.bot.history
+        self._moved = moved
 
     async def handle(self, message: SessionMessage) -> None:
         if isinstance(message, Job):
-            await self._turns.handle(message)
+            lease = message.lease
+            if lease is None:
+                await self._turns.handle(message)
+                return
+            scope = lease.scope()
+            try:
+                with scope:
+                    await self._turns.handle(message)
+            except LeaseLost as exc:
+                log.warning("%s; its message %d is left to that replica", exc, message.inbox_id)
+            finally:
+                lease.done(scope)
+            if lease.lost or scope.cancelled_caught:
+                self._moved(message)
             return
         forgotten = await self._history.clear(self._key)
         log.info("session %s reset (%d messages forgotten)", self._key, forgotten)
@@ -219,8 +249,14 @@ class Runtime:
             tokens=TokenCounter(exact="openai:" in provider.name),
             schedules=self.schedules,
         )
+        self.leases: SessionLeases | None = None
+        """This replica's session leases, when the bot's database is shared (PostgreSQL)."""
+        if bot.db.dialect == "postgresql":
+            self.leases = SessionLeases(bot.db, seconds=config.lease_seconds)
+        self._watching: dict[int, list[Responder]] = {}
+        """Messages another replica answers, and who waits here for their answer."""
         self.registry: Registry[str, SessionMessage] = Registry(
-            lambda key: _Session(key, self.services),
+            lambda key: _Session(key, self.services, self._moved),
             on_undelivered=self._undelivered,
             policy=policy,
             mailbox_capacity=config.mailbox_size,
@@ -257,6 +293,7 @@ class Runtime:
         self._dead_send, self._dead_receive = trio.open_memory_channel[tuple[int, Reply]](math.inf)
         self._state = Lifecycle.NEW
         self._background = trio.CancelScope()
+        self._fleet = trio.CancelScope()
         self._scheduling = trio.CancelScope()
         self._responders: RecoveryResponders = {}
         self._nursery: trio.Nursery | None = None
@@ -301,6 +338,8 @@ class Runtime:
             await database.start(self.bot.db.serve_batches)
             if self.mcp is not None:  # stopped with the database, once every turn is done
                 await database.start(self.mcp.run)
+            if self.leases is not None:  # given back once every turn is done
+                await database.start(self.leases.run)
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 self._responders = responders
@@ -308,9 +347,14 @@ class Runtime:
                 await nursery.start(self._run_sessions)
                 nursery.start_soon(self._record_dead_letters)
                 nursery.start_soon(self._consolidate_periodically)
-                recovered = await self._recover(responders)
-                if recovered:
-                    log.info("recovered %d unanswered message(s) from the inbox", recovered)
+                if self.leases is None:
+                    recovered = await self._recover(responders)
+                    if recovered:
+                        log.info("recovered %d unanswered message(s) from the inbox", recovered)
+                else:
+                    # Recovery never ends on a shared inbox: a replica that dies has its
+                    # sessions taken up by the others (see `_claim`).
+                    await nursery.start(self._run_fleet)
                 if self._backlog:
                     nursery.start_soon(self._catch_up)
                 if self._state is Lifecycle.STARTING:
@@ -328,6 +372,7 @@ class Runtime:
             return
         self._move(Lifecycle.CLOSING)
         self._background.cancel()
+        self._fleet.cancel()
         self._scheduling.cancel()
         self.registry.close()
 
@@ -358,7 +403,10 @@ class Runtime:
             if not new:
                 return self._repeat(entry, inbound.responder)
             try:
-                self._enqueue(entry.id, inbound)
+                if self.leases is None:
+                    self._enqueue(entry.id, inbound)
+                elif not await self._take_up(inbound.session_key, {entry.id: inbound}):
+                    self._watch(entry.id, inbound.responder)  # another replica answers it
             except MailboxFull as exc:
                 self.metrics.refused.inc(reason="mailbox_full")
                 await self.inbox.withdraw(entry.id)
@@ -390,14 +438,113 @@ class Runtime:
         except ActorStopped as exc:
             raise Unavailable("the bot is shutting down") from exc
 
-    def _enqueue(self, entry_id: int, inbound: Inbound) -> None:
-        job, fanout = self._job(entry_id, inbound)
+    def _enqueue(self, entry_id: int, inbound: Inbound, lease: Lease | None = None) -> None:
+        job, fanout = self._job(entry_id, inbound, lease)
         self._tell(inbound.session_key, job)
         self._waiting[entry_id] = fanout
+        if lease is not None:
+            lease.busy += 1
+        for responder in self._watching.pop(entry_id, []):
+            fanout.add(responder)
 
-    def _job(self, entry_id: int, inbound: Inbound) -> tuple[Job, _Fanout]:
-        fanout = _Fanout(inbound.responder, lambda: self._forget_waiting(entry_id))
-        return Job(attrs.evolve(inbound, responder=fanout), entry_id), fanout
+    def _job(
+        self, entry_id: int, inbound: Inbound, lease: Lease | None = None
+    ) -> tuple[Job, _Fanout]:
+        def replied() -> None:
+            self._forget_waiting(entry_id)
+            if lease is not None:
+                lease.busy -= 1
+                lease.idle_since = trio.current_time()
+
+        fanout = _Fanout(inbound.responder, replied)
+        return Job(attrs.evolve(inbound, responder=fanout), entry_id, lease), fanout
+
+    async def _take_up(self, session_key: str, live: Mapping[int, Inbound]) -> bool:
+        """Hold the session's lease and queue its unanswered messages that are not queued
+        here yet, oldest first (`live` ones with their own responder, the others as
+        recovered ones); False if another replica holds the session."""
+        assert self.leases is not None
+        lease = await self.leases.acquire(session_key)
+        if lease is None:
+            return False
+        channel, _, session_id = session_key.partition(":")
+        for entry in await self.inbox.unfinished_of(channel, session_id):
+            if entry.id in self._waiting:
+                continue
+            inbound = live.get(entry.id) or self._recovered(entry)
+            self._enqueue(entry.id, inbound, lease)
+        return True
+
+    def _recovered(self, entry: InboxEntry) -> Inbound:
+        make = self._responders.get(entry.channel)
+        return Inbound(
+            entry.channel,
+            entry.session_id,
+            entry.text,
+            make(entry) if make is not None else Unattended(entry.session_key),
+            entry.message_id,
+            entry.sender,
+        )
+
+    async def _run_fleet(self, *, task_status: trio.TaskStatus[None]) -> None:
+        """What a replica on a shared inbox does besides its turns, until `close`: take up
+        waiting sessions, and pass on the answers other replicas wrote."""
+        with self._fleet:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(self._claim)
+                nursery.start_soon(self._watch_answers)
+                task_status.started()
+
+    async def _claim(self, *, task_status: trio.TaskStatus[None]) -> None:
+        """Take up the sessions whose messages wait and that no replica holds (a new
+        message accepted elsewhere, a replica that died), every `CLAIM_EVERY` seconds."""
+        assert self.leases is not None
+        owner = self.leases.owner
+        task_status.started()
+        while True:
+            try:
+                for channel, session_id, ids in await self.inbox.waiting_sessions(owner):
+                    if all(entry_id in self._waiting for entry_id in ids):
+                        continue
+                    try:
+                        await self._take_up(f"{channel}:{session_id}", {})
+                    except MailboxFull:
+                        continue  # its session is busy here: the next pass
+            except (ActorStopped, trio.ClosedResourceError):
+                return
+            except Exception:
+                log.exception("taking up waiting sessions failed; trying again")
+            await trio.sleep(CLAIM_EVERY)
+
+    def _watch(self, entry_id: int, responder: Responder) -> None:
+        self._watching.setdefault(entry_id, []).append(responder)
+
+    def _moved(self, job: Job) -> None:
+        """A job whose lease was lost before it was answered: its clients wait for the
+        answer of the replica that holds the session now."""
+        fanout = self._waiting.pop(job.inbox_id, None)
+        if fanout is None:
+            return  # answered after all
+        if job.lease is not None:
+            job.lease.busy -= 1
+        for responder in fanout.responders:
+            self._watch(job.inbox_id, responder)
+
+    async def _watch_answers(self) -> None:
+        """Hand the answers written by other replicas to the clients waiting here."""
+        while True:
+            await trio.sleep(WATCH_EVERY)
+            if not self._watching:
+                continue
+            try:
+                answered = await self.inbox.answered(list(self._watching)[:500])
+            except Exception:
+                log.exception("reading answers from the inbox failed; trying again")
+                continue
+            for entry in answered:
+                assert entry.reply is not None
+                for responder in self._watching.pop(entry.id, []):
+                    responder.reply(entry.reply)
 
     def _tell(self, session_key: str, message: SessionMessage) -> None:
         """To the session's mailbox, behind any recovered message still waiting for room."""
@@ -415,6 +562,9 @@ class Runtime:
             responder.reply(replayed)
             return Accepted(entry.id, duplicate_of=replayed, repeat=True)
         waiting = self._waiting.get(entry.id)
+        if waiting is None and self.leases is not None:
+            self._watch(entry.id, responder)  # under way on another replica
+            return Accepted(entry.id, repeat=True)
         if waiting is None:
             raise Busy("that message is still being handled; retry shortly", retry_after=1.0)
         waiting.add(responder)

@@ -21,6 +21,7 @@ import trio
 from adapters import Inbound, Reply, ReplyError, TextDelta, ToolProgress
 from runtime.botcore import Bot, FileTools, HistoryEntry, Identity, Memory, MemoryType, TaskGraph
 from runtime.inbox import Inbox
+from runtime.leases import Lease
 from runtime.llm import (
     AssistantTurn,
     ModelRequest,
@@ -300,6 +301,9 @@ class Job:
 
     inbound: Inbound
     inbox_id: int
+    lease: Lease | None = attrs.field(default=None, eq=False)
+    """The session's lease this replica handles the message under (PostgreSQL); the turn's
+    writes are fenced by its epoch."""
 
 
 @attrs.frozen
@@ -490,6 +494,7 @@ class SessionActor:
                     [("user", text), ("assistant", reply.message)],
                     dict(reply.usage),
                     reply,
+                    lease=job.lease,
                 )
                 return Stored()
             case SendReply(reply):
@@ -497,7 +502,7 @@ class SessionActor:
                 if reply.error is not None:
                     # A failed turn leaves no history, only its reply on the inbox row.
                     await services.inbox.complete(
-                        job.inbox_id, self.session_key, [], dict(reply.usage), reply
+                        job.inbox_id, self.session_key, [], dict(reply.usage), reply, lease=job.lease
                     )
                 inbound.responder.reply(reply)
                 return Replied()

@@ -129,6 +129,17 @@ _SCHEMA = [
         after text
     );
     """,
+    # version 2: which replica handles each session (runtime.leases); the epoch only grows
+    r"""
+    CREATE TABLE session_leases (
+        session_key text PRIMARY KEY,
+        owner text NOT NULL,
+        epoch bigint NOT NULL,
+        expires_at double precision NOT NULL
+    );
+    CREATE INDEX inbox_unfinished ON inbox (channel, session_id, id)
+        WHERE state IN ('received', 'processing');
+    """,
 ]
 
 _MIGRATION_LOCK = 0x626F74636F7265  # "botcore": one replica migrates, the others wait

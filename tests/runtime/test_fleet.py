@@ -1,0 +1,91 @@
+"""Replicas on one PostgreSQL database: session leases, fencing, answers across replicas."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import trio
+
+from adapters import Inbound, Reply
+from adapters.base import WaitingResponder
+from runtime.config import Config
+from runtime.leases import LeaseLost, SessionLeases
+from runtime.testing import local_config, open_runtime
+from runtime.testing.postgres import drop_schema, new_schema
+
+
+@pytest.fixture
+async def shared(workspace: Path, postgres_server: str) -> AsyncIterator[Config]:
+    url = new_schema(postgres_server)
+    yield local_config(workspace, database_url=url, lease_seconds=2.0)
+    drop_schema(url)
+
+
+async def ask(runtime: object, session: str, text: str, key: str) -> Reply:
+    responder = WaitingResponder()
+    await runtime.deliver(Inbound("http", session, text, responder, message_id=key))  # type: ignore[attr-defined]
+    with trio.fail_after(15):
+        return await responder.wait()
+
+
+async def test_a_message_taken_by_one_replica_is_answered_by_the_session_owner(
+    shared: Config,
+) -> None:
+    async with open_runtime(shared) as a, open_runtime(shared) as b:
+        first = await ask(b, "s", "hello", "1")
+        # `b` holds the session now: `a` accepts the next message, `b` answers it.
+        second = await ask(a, "s", "remember the code is 4711", "2")
+        assert a.registry.statistics().spawned == 0
+        assert b.leases is not None and b.leases.held("http:s") is not None
+        history = await b.bot.history.recent("http:s")
+    assert first.error is None and second.message == "Got it, I'll remember that."
+    assert [entry.content for entry in history if entry.role == "user"] == [
+        "hello",
+        "remember the code is 4711",
+    ]
+
+
+async def test_a_repeated_key_on_another_replica_joins_the_answer(shared: Config) -> None:
+    async with open_runtime(shared) as a, open_runtime(shared) as b:
+        reply = await ask(a, "s", "remember the code is 4711", "k")
+        again = await ask(b, "s", "remember the code is 4711", "k")
+    assert again.replayed and again.message == reply.message
+
+
+async def test_a_lapsed_lease_is_taken_with_a_new_epoch_and_the_old_write_is_refused(
+    shared: Config,
+) -> None:
+    async with open_runtime(shared) as a:
+        first = SessionLeases(a.bot.db, owner="old", seconds=1.0)
+        second = SessionLeases(a.bot.db, owner="new", seconds=1.0)
+        held = await first.acquire("http:s")
+        assert held is not None and await second.acquire("http:s") is None
+        await trio.sleep(1.2)  # `first` was paused past its lease: nothing renewed it
+        taken = await second.acquire("http:s")
+        assert taken is not None and taken.epoch == held.epoch + 1
+        entry, _ = await a.inbox.accept(Inbound("http", "s", "hi", WaitingResponder(), "m"))
+        late = Reply(message="late", session_id="s", turn_id="t-old")
+        with pytest.raises(LeaseLost):
+            await a.inbox.complete(entry.id, "http:s", [("user", "hi")], {}, late, lease=held)
+        assert await a.bot.history.recent("http:s") == []  # nothing of the old turn was kept
+        await a.inbox.complete(
+            entry.id, "http:s", [("user", "hi")], {}, Reply("on time", "s", "t-new"), lease=taken
+        )
+        (answered,) = await a.inbox.answered([entry.id])
+    assert answered.reply is not None and answered.reply.message == "on time"
+
+
+async def test_a_replica_that_stops_renewing_stops_its_turns_before_the_lease_lapses(
+    shared: Config,
+) -> None:
+    async with open_runtime(shared) as a:
+        leases = SessionLeases(a.bot.db, owner="paused", seconds=2.0, margin=0.5)
+        lease = await leases.acquire("http:s")
+        assert lease is not None
+        started = trio.current_time()
+        with lease.scope():
+            await trio.sleep(10)  # a turn that would outlive the lease
+        stopped = trio.current_time() - started
+        assert stopped < 2.0  # before the lease can lapse on the database's clock
