@@ -24,6 +24,12 @@ from runtime.leases import DATABASE_NOW, Lease, LeaseLost, fence_sql
 
 State = Literal["received", "processing", "replied", "dead"]
 
+NOTIFY_WAITING = "botcore_waiting"
+"""The PostgreSQL notification of a message accepted: replicas look for sessions to take up."""
+NOTIFY_ANSWERED = "botcore_answered"
+"""The PostgreSQL notification of a message answered: replicas look for the answers their
+clients wait for."""
+
 _converter = cattrs.Converter()
 
 
@@ -43,6 +49,17 @@ class InboxEntry:
     @property
     def session_key(self) -> str:
         return f"{self.channel}:{self.session_id}"
+
+
+@attrs.frozen
+class WaitingSession:
+    """A session with messages to answer that no other replica holds."""
+
+    key: str
+    ids: tuple[int, ...]
+    """Its unanswered messages, oldest first."""
+    ours: bool
+    """Whether this replica holds it already."""
 
 
 class Inbox:
@@ -128,6 +145,8 @@ class Inbox:
                     raise LeaseLost(
                         f"session {lease.key} is no longer this replica's (epoch {lease.epoch})"
                     )
+                # At commit: wakes the replicas whose clients wait for this answer.
+                db.execute("SELECT pg_notify(?, '')", (NOTIFY_ANSWERED,))
             insert_turn(db, session_key, reply.turn_id, exchange, usage)
             if episode:
                 meta = {"session": session_key, "turn": reply.turn_id}
@@ -169,21 +188,25 @@ class Inbox:
         )
         return [_entry(row) for row in rows]
 
-    async def waiting_sessions(self, owner: str, limit: int = 100) -> list[tuple[str, str, list[int]]]:
+    async def waiting_sessions(self, owner: str, limit: int = 100) -> list[WaitingSession]:
         """Sessions with messages not answered yet that no other replica holds (`owner` is
-        this one): (channel, session id, the messages' ids), the longest waiting first."""
+        this one), the longest waiting first."""
         rows = await self._db.run(
             lambda db: db.execute(
-                "SELECT i.channel, i.session_id, array_agg(i.id ORDER BY i.id) FROM inbox i"
-                " WHERE i.state IN ('received', 'processing') AND NOT EXISTS ("
-                " SELECT 1 FROM session_leases l"
-                " WHERE l.session_key = i.channel || ':' || i.session_id AND l.owner <> ?"
-                f" AND l.expires_at > {DATABASE_NOW})"
+                "SELECT i.channel, i.session_id, array_agg(i.id ORDER BY i.id),"
+                " coalesce(bool_or(l.owner = ?), false) FROM inbox i"
+                " LEFT JOIN session_leases l ON l.session_key = i.channel || ':' || i.session_id"
+                f" AND l.expires_at > {DATABASE_NOW}"
+                " WHERE i.state IN ('received', 'processing')"
+                " AND (l.session_key IS NULL OR l.owner = ?)"
                 " GROUP BY i.channel, i.session_id ORDER BY min(i.id) LIMIT ?",
-                (owner, limit),
+                (owner, owner, limit),
             ).fetchall()
         )
-        return [(str(channel), str(session), list(ids)) for channel, session, ids in rows]
+        return [
+            WaitingSession(f"{channel}:{session}", tuple(ids), bool(mine))
+            for channel, session, ids, mine in rows
+        ]
 
     async def unfinished_of(self, channel: str, session_id: str) -> list[InboxEntry]:
         """One session's messages accepted but not answered, oldest first."""
@@ -268,6 +291,8 @@ def insert_entry(
     ).fetchone()
     if row is None:
         return None
+    if db.dialect == "postgresql":  # at commit: wakes the replicas to take it up
+        db.execute("SELECT pg_notify(?, '')", (NOTIFY_WAITING,))
     return InboxEntry(
         int(row[0]), channel, session_id, text, "received", message_id, sender, address=address
     )

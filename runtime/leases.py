@@ -56,6 +56,8 @@ class Lease:
     """Messages of the session queued or under way here."""
     idle_since: float = 0.0
     lost: bool = False
+    taken: set[int] = attrs.field(factory=set)
+    """The inbox ids queued under this lease whose answer may not be read back yet."""
     _scopes: set[trio.CancelScope] = attrs.field(factory=set)
 
     def scope(self) -> trio.CancelScope:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import enum
 import logging
 import math
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
@@ -32,7 +33,7 @@ from adapters import (
 from adapters.ratelimit import RateLimiter
 from runtime.botcore import Bot, FileTools, Summarize, TaskGraph, consolidate
 from runtime.config import BotSettings
-from runtime.inbox import Inbox, InboxEntry
+from runtime.inbox import NOTIFY_ANSWERED, NOTIFY_WAITING, Inbox, InboxEntry
 from runtime.leases import Lease, LeaseLost, SessionLeases
 from runtime.llm import ModelRequest, Provider, UserText
 from runtime.logs import Redactor
@@ -50,9 +51,14 @@ if TYPE_CHECKING:
 log = logging.getLogger("runtime")
 
 CLAIM_EVERY = 0.5
-"""How often a replica looks for sessions with waiting messages that no replica holds."""
-WATCH_EVERY = 0.1
-"""How often a replica looks for the answers other replicas wrote for its waiting clients."""
+"""How often a replica looks for sessions with waiting messages that no replica holds,
+besides when a notification says a message came: a lease that lapsed says nothing."""
+TAKE_UP_AFTER = 1.0
+"""How long a session that no replica holds waits before another replica than the one that
+took its message takes it up."""
+WATCH_EVERY = 0.5
+"""How often a replica looks for the answers other replicas wrote for its waiting clients,
+besides when a notification says one was written."""
 
 ACCEPT_DEADLINE = 30.0
 """How long `deliver` may wait for the inbox write, shielded from its caller's cancellation."""
@@ -254,6 +260,9 @@ class Runtime:
         if bot.db.dialect == "postgresql":
             self.leases = SessionLeases(bot.db, seconds=config.lease_seconds)
         self._watching: dict[int, list[Responder]] = {}
+        self._waiting_hint = trio.Event()
+        self._answered_hint = trio.Event()
+        self._taking: dict[str, trio.Lock] = {}
         """Messages another replica answers, and who waits here for their answer."""
         self.registry: Registry[str, SessionMessage] = Registry(
             lambda key: _Session(key, self.services, self._moved),
@@ -464,16 +473,31 @@ class Runtime:
         here yet, oldest first (`live` ones with their own responder, the others as
         recovered ones); False if another replica holds the session."""
         assert self.leases is not None
-        lease = await self.leases.acquire(session_key)
-        if lease is None:
-            return False
-        channel, _, session_id = session_key.partition(":")
-        for entry in await self.inbox.unfinished_of(channel, session_id):
-            if entry.id in self._waiting:
-                continue
-            inbound = live.get(entry.id) or self._recovered(entry)
-            self._enqueue(entry.id, inbound, lease)
-        return True
+        # One at a time per session: a read of its unanswered messages that began before
+        # one of them was answered here must not queue that one again.
+        lock = self._taking.setdefault(session_key, trio.Lock())
+        try:
+            async with lock:
+                lease = await self.leases.acquire(session_key)
+                if lease is None:
+                    return False
+                channel, _, session_id = session_key.partition(":")
+                entries = await self.inbox.unfinished_of(channel, session_id)
+                for entry in entries:
+                    queued = self._waiting.get(entry.id)
+                    if queued is not None and entry.id in live:
+                        queued.add(live[entry.id].responder)  # queued meanwhile by `_claim`
+                    if queued is not None or entry.id in lease.taken:
+                        continue
+                    inbound = live.get(entry.id) or self._recovered(entry)
+                    self._enqueue(entry.id, inbound, lease)
+                    lease.taken.add(entry.id)
+                # What this read no longer lists was answered before it began.
+                lease.taken &= {entry.id for entry in entries}
+                return True
+        finally:
+            if not lock.locked() and lock.statistics().tasks_waiting == 0:
+                self._taking.pop(session_key, None)
 
     def _recovered(self, entry: InboxEntry) -> Inbound:
         make = self._responders.get(entry.channel)
@@ -493,28 +517,67 @@ class Runtime:
             async with trio.open_nursery() as nursery:
                 await nursery.start(self._claim)
                 nursery.start_soon(self._watch_answers)
+                nursery.start_soon(self._listen)
                 task_status.started()
+
+    async def _listen(self) -> None:
+        """LISTEN for the hints that a message waits or was answered: `_claim` and
+        `_watch_answers` look at once instead of at their next poll. The polls stay: a
+        notification lost with a connection costs only their interval."""
+        engine = self.bot.db.engine
+        listen = getattr(engine, "listen", None)
+        assert listen is not None
+        token = trio.lowlevel.current_trio_token()
+
+        def wake(channel: str) -> None:
+            (self._waiting_hint if channel == NOTIFY_WAITING else self._answered_hint).set()
+
+        def notified(channel: str) -> None:
+            trio.from_thread.run_sync(wake, channel, trio_token=token)
+
+        while True:
+            stop = threading.Event()
+            try:
+                await trio.to_thread.run_sync(
+                    listen, (NOTIFY_WAITING, NOTIFY_ANSWERED), notified, stop,
+                    abandon_on_cancel=True,
+                )
+            except Exception as exc:
+                log.warning("listening for notifications failed (%s); polling meanwhile", exc)
+            finally:
+                stop.set()
+            await trio.sleep(1.0)
 
     async def _claim(self, *, task_status: trio.TaskStatus[None]) -> None:
         """Take up the sessions whose messages wait and that no replica holds (a new
         message accepted elsewhere, a replica that died), every `CLAIM_EVERY` seconds."""
         assert self.leases is not None
         owner = self.leases.owner
+        first_seen: dict[str, float] = {}
         task_status.started()
         while True:
             try:
-                for channel, session_id, ids in await self.inbox.waiting_sessions(owner):
-                    if all(entry_id in self._waiting for entry_id in ids):
+                now = trio.current_time()
+                waiting = await self.inbox.waiting_sessions(owner)
+                first_seen = {s.key: first_seen.get(s.key, now) for s in waiting}
+                for session in waiting:
+                    if all(entry_id in self._waiting for entry_id in session.ids):
+                        continue
+                    # A session nobody holds is left a moment to the replica that took its
+                    # message, which holds it next (its client waits there, and streams).
+                    if not session.ours and now - first_seen[session.key] < TAKE_UP_AFTER:
                         continue
                     try:
-                        await self._take_up(f"{channel}:{session_id}", {})
+                        await self._take_up(session.key, {})
                     except MailboxFull:
                         continue  # its session is busy here: the next pass
             except (ActorStopped, trio.ClosedResourceError):
                 return
             except Exception:
                 log.exception("taking up waiting sessions failed; trying again")
-            await trio.sleep(CLAIM_EVERY)
+            with trio.move_on_after(CLAIM_EVERY):
+                await self._waiting_hint.wait()
+            self._waiting_hint = trio.Event()
 
     def _watch(self, entry_id: int, responder: Responder) -> None:
         self._watching.setdefault(entry_id, []).append(responder)
@@ -533,7 +596,9 @@ class Runtime:
     async def _watch_answers(self) -> None:
         """Hand the answers written by other replicas to the clients waiting here."""
         while True:
-            await trio.sleep(WATCH_EVERY)
+            with trio.move_on_after(WATCH_EVERY):
+                await self._answered_hint.wait()
+            self._answered_hint = trio.Event()
             if not self._watching:
                 continue
             try:

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Iterable, Sequence
+import threading
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import outcome
@@ -24,6 +25,8 @@ from psycopg import sql
 
 from runtime.botcore._db import Cursor, Dialect, _Call, describe
 
+LISTEN_TICK = 0.5
+"""How often a listening thread looks whether it should stop."""
 POOL_SIZE = 4
 """Connections, and so batches at once, per database in one process."""
 CONNECT_TIMEOUT = 10.0
@@ -185,8 +188,11 @@ class PostgresEngine:
     parallel = POOL_SIZE
     errors: tuple[type[BaseException], ...] = (psycopg.Error, psycopg_pool.PoolTimeout)
 
-    def __init__(self, pool: psycopg_pool.ConnectionPool[psycopg.Connection[Any]]) -> None:
+    def __init__(
+        self, pool: psycopg_pool.ConnectionPool[psycopg.Connection[Any]], url: str
+    ) -> None:
         self._pool = pool
+        self._url = url
 
     @classmethod
     def connect(cls, url: str) -> PostgresEngine:
@@ -215,7 +221,7 @@ class PostgresEngine:
         except BaseException:
             pool.close()
             raise
-        return cls(pool)
+        return cls(pool, url)
 
     def execute(self, batch: list[_Call[Any]]) -> None:
         uncommitted: list[_Call[Any]] = []
@@ -248,6 +254,19 @@ class PostgresEngine:
 
     def close(self) -> None:
         self._pool.close()
+
+    def listen(
+        self, channels: Sequence[str], notified: Callable[[str], None], stop: threading.Event
+    ) -> None:
+        """Call `notified(channel)` for each notification on `channels` until `stop` is set
+        (checked every `LISTEN_TICK` seconds), on a connection of its own; returns, or
+        raises psycopg's error, when that connection fails."""
+        with psycopg.connect(self._url, autocommit=True, connect_timeout=10) as connection:
+            for channel in channels:
+                connection.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
+            while not stop.is_set():
+                for notification in connection.notifies(timeout=LISTEN_TICK):
+                    notified(notification.channel)
 
 
 def _migrate(connection: psycopg.Connection[Any]) -> None:
