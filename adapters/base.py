@@ -290,6 +290,12 @@ class Channel(Protocol):
 
 
 Reset = Callable[[str, Callable[[bool], None]], Awaitable[None]]
+
+Lead = Callable[[Callable[[], Awaitable[None]]], Awaitable[None]]
+"""Runs a job that only one process of a fleet may do at a time (long-polling one Telegram
+token): `await lead(job)` waits until this process is the one, runs `job` while it stays the
+one (cancelled, and waited for again, when another takes over), and returns when `job`
+returns by itself."""
 """Forget a session's conversation (by session key) in order with its messages; the
 callback says whether it ran. Raises `Busy` or `Unavailable`, as `Deliver` does."""
 

@@ -34,6 +34,7 @@ from adapters.base import (
     Busy,
     Deliver,
     Inbound,
+    Lead,
     Progress,
     Reply,
     Reset,
@@ -352,8 +353,12 @@ class TelegramChannel:
         deliver: Deliver,
         *,
         reset: Reset,
+        lead: Lead | None = None,
     ) -> None:
         self.api = api
+        self._lead = lead
+        """Replicas on one database poll one token from one replica at a time (Telegram
+        answers two pollers 409); None: this process polls."""
         self.settings = settings
         self._deliver = deliver
         self._reset = reset
@@ -402,7 +407,10 @@ class TelegramChannel:
                 if await self.identify():
                     log.info("Telegram: webhook mode, updates arrive at POST /telegram/webhook")
                 return
-            await TelegramPoller(self).run()
+            if self._lead is None:
+                await TelegramPoller(self).run()
+            else:
+                await self._lead(TelegramPoller(self).run)
 
     async def _run_sends(
         self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED

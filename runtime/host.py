@@ -6,6 +6,7 @@ Adding a channel is a module in `adapters/` and one row in `CHANNELS`.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 import tomllib
@@ -31,6 +32,7 @@ from runtime.botcore import Bot, Identity
 from runtime.config import BotSettings, Config, ConfigError, ProcessSettings, load_process
 from runtime.deliveries import Deliveries
 from runtime.inbox import InboxEntry
+from runtime.leases import Leadership
 from runtime.lifecycle import RecoveryResponders, Runtime
 from runtime.llm import Provider
 from runtime.llm.select import open_model
@@ -77,11 +79,18 @@ def _telegram(parts: BotParts) -> Channel | None:
         non_text="ignore" if config.telegram_non_text == "ignore" else "reply",
         webhook_secret=config.telegram_webhook_secret,
     )
+    leases = parts.runtime.leases
+    lead = None
+    if leases is not None and settings.webhook_secret is None:
+        # Replicas share the token: one polls at a time (Telegram answers two with 409).
+        token = hashlib.sha256(settings.token.encode()).hexdigest()[:16]
+        lead = Leadership(leases, f"poller:telegram:{token}")
     return TelegramChannel(
         TelegramApi(settings, parts.http),
         settings,
         parts.runtime.deliver,
         reset=parts.runtime.reset,
+        lead=lead,
     )
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import attrs
 import trio
@@ -219,6 +219,44 @@ class SessionLeases:
         if not lease.lost:
             lease._lose()
             self.on_lost(lease)
+
+
+class Leadership:
+    """One replica of the fleet at a time does a job (long-polls a Telegram token): the one
+    that holds the job's lease, a row of the same table as the sessions' (`adapters.Lead`)."""
+
+    def __init__(self, leases: SessionLeases, key: str, *, retry: float | None = None) -> None:
+        self._leases = leases
+        self.key = key
+        self._retry = leases.seconds / 4 if retry is None else retry
+
+    async def __call__(self, job: Callable[[], Awaitable[None]]) -> None:
+        waiting_logged = False
+        while True:
+            try:
+                lease = await self._leases.acquire(self.key)
+            except Exception as exc:
+                log.warning("could not ask for the lease of %s: %s", self.key, exc)
+                lease = None
+            if lease is None:
+                if not waiting_logged:
+                    log.info("%s is done by another replica; this one takes over if it stops", self.key)
+                    waiting_logged = True
+                await trio.sleep(self._retry)
+                continue
+            waiting_logged = False
+            log.info("%s is done by this replica now (epoch %d)", self.key, lease.epoch)
+            lease.busy += 1  # never given back as idle while the job runs
+            scope = lease.scope()
+            try:
+                with scope:
+                    await job()
+            finally:
+                lease.done(scope)
+                lease.busy -= 1
+            if not (lease.lost or scope.cancelled_caught):
+                return
+            log.warning("%s: this replica's lease lapsed; another one takes over", self.key)
 
 
 def fence_sql(db: Connection) -> str:

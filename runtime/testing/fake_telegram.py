@@ -95,6 +95,9 @@ class FakeTelegram:
         self._failures: dict[str, deque[_Failure]] = {}
         self.send_delay = 0.0
         """Seconds each sending call takes (a slow or distant API)."""
+        self._long_poll: trio.CancelScope | None = None
+        self.conflicts = 0
+        """getUpdates calls ended by another one (two pollers on one token)."""
         self._under_way: dict[str, int] = {}
         self.peak: dict[str, int] = {}
         """The most calls of each method the bot had under way at once."""
@@ -205,7 +208,22 @@ class FakeTelegram:
         if method == "getMe":
             return 200, {"ok": True, "result": self.me}
         if method == "getUpdates":
-            return 200, {"ok": True, "result": await self._get_updates(params)}
+            # As Telegram: a second poller's getUpdates ends the one waiting with 409.
+            if self._long_poll is not None:
+                self._long_poll.cancel()
+            self._long_poll = scope = trio.CancelScope()
+            with scope:
+                updates = await self._get_updates(params)
+            if self._long_poll is scope:
+                self._long_poll = None
+            if scope.cancelled_caught:
+                self.conflicts += 1
+                return 409, _error(
+                    409,
+                    "Conflict: terminated by other getUpdates request; make sure that only"
+                    " one bot instance is running",
+                )
+            return 200, {"ok": True, "result": updates}
         if method in _SENDING:
             self._under_way[method] = self._under_way.get(method, 0) + 1
             self.peak[method] = max(self.peak.get(method, 0), self._under_way[method])

@@ -12,7 +12,14 @@ from adapters import Inbound, Reply
 from adapters.base import WaitingResponder
 from runtime.config import Config
 from runtime.leases import LeaseLost, SessionLeases
-from runtime.testing import local_config, open_runtime
+from runtime.testing import (
+    FakeTelegram,
+    bot_process,
+    local_config,
+    make_workspace,
+    open_runtime,
+    wait_until,
+)
 from runtime.testing.postgres import drop_schema, new_schema
 
 
@@ -89,3 +96,51 @@ async def test_a_replica_that_stops_renewing_stops_its_turns_before_the_lease_la
             await trio.sleep(10)  # a turn that would outlive the lease
         stopped = trio.current_time() - started
         assert stopped < 2.0  # before the lease can lapse on the database's clock
+
+
+# -- Telegram: one poller per token across replicas -----------------------------------------
+
+
+async def test_two_replicas_on_one_token_poll_from_one_and_the_other_takes_over_a_kill(
+    tmp_path: Path, postgres_server: str, telegram: tuple[FakeTelegram, str]
+) -> None:
+    fake, tg_url = telegram
+    url = new_schema(postgres_server)
+    env = {
+        "TELEGRAM_BOT_TOKEN": fake.token,
+        "TELEGRAM_API_BASE_URL": tg_url,
+        "TELEGRAM_POLL_TIMEOUT": "1",
+        "DATABASE_URL": url,
+        "LEASE_SECONDS": "2",
+    }
+    chats = iter(range(100, 200))
+    asked: list[int] = []
+
+    async def ask_in_new_chats(count: int) -> None:
+        for _ in range(count):
+            chat = next(chats)
+            fake.text(chat, f"hello from {chat}")
+            asked.append(chat)
+
+    try:
+        async with bot_process(make_workspace(tmp_path / "a"), env) as a, bot_process(
+            make_workspace(tmp_path / "b"), env
+        ) as b:
+            await ask_in_new_chats(5)
+            await wait_until(lambda: all(fake.sent_to(chat) for chat in asked), within=20)
+            assert fake.conflicts == 0  # one of them polls, the other waits for its lease
+            leader, other = (a, b) if "done by this replica now" in a.log else (b, a)
+            assert "done by this replica now" not in other.log
+            leader.kill()
+            assert await leader.wait() == -9
+            await ask_in_new_chats(5)  # sent while nobody polls: Telegram keeps them
+            await wait_until(lambda: all(fake.sent_to(chat) for chat in asked), within=20)
+            await trio.sleep(0.5)
+            assert "done by this replica now" in other.log
+    finally:
+        drop_schema(url)
+    # Every update answered exactly once, in its chat, whoever polled it.
+    assert [len(fake.sent_to(chat)) for chat in asked] == [1] * 10
+    # The killed poller's last long poll may still be open at the fake when the other's
+    # first one arrives (a dead client's request, ended with 409 that nobody reads).
+    assert fake.conflicts <= 1
