@@ -22,6 +22,7 @@ from adapters import (
     Accepted,
     Busy,
     Inbound,
+    KeyReserved,
     Progress,
     Reply,
     ReplyError,
@@ -36,7 +37,14 @@ from runtime.inbox import Inbox, InboxEntry
 from runtime.llm import ModelRequest, Provider, UserText
 from runtime.logs import Redactor
 from runtime.metrics import Metrics
-from runtime.schedules import Clock, Heartbeat, Schedules, is_silent, run_scheduler
+from runtime.schedules import (
+    RESERVED_KEYS,
+    Clock,
+    Heartbeat,
+    Schedules,
+    is_silent,
+    run_scheduler,
+)
 from runtime.session import Job, SessionActor, SessionServices, TurnLimits
 from runtime.tokens import TokenCounter
 from runtime.tools import ToolExecutor, ToolRegistry, builtin_tools
@@ -341,6 +349,12 @@ class Runtime:
 
     async def deliver(self, inbound: Inbound) -> Accepted:
         """Accept a message durably, then hand it to its session; see `adapters.base`."""
+        if inbound.message_id is not None and inbound.message_id.startswith(RESERVED_KEYS):
+            self.metrics.refused.inc(reason="key_reserved")
+            raise KeyReserved(
+                f"message ids starting with {' or '.join(map(repr, RESERVED_KEYS))} are the"
+                " bot's own (its schedules and heartbeat); use another key"
+            )
         if not self.accepting:
             self.metrics.refused.inc(reason="unavailable")
             raise Unavailable(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
 import httpx2
@@ -203,6 +204,28 @@ async def test_a_repeated_idempotency_key_returns_the_stored_reply(
     assert first.json()["metadata"]["turn_id"] == second.json()["metadata"]["turn_id"]
     assert second.json()["metadata"]["replayed"] is True
     assert recall.json()["message"].count("- the door code is 4711") == 1  # stored once
+
+
+async def test_a_key_in_the_bots_own_namespace_is_refused_and_nothing_is_kept(
+    workspace: Path, client: httpx2.AsyncClient
+) -> None:
+    async with serve_bot(local_config(workspace)) as bot:
+        url = f"{bot.url}/api/message"
+        body = {"message": "hi", "session_id": "s"}
+        by_header = await client.post(
+            url, json=body, headers={"Idempotency-Key": "schedule:1:1767600090.0"}
+        )
+        by_field = await client.post(url, json={**body, "message_id": "heartbeat:29459"})
+        fine = await client.post(url, json=body, headers={"Idempotency-Key": "my-schedule:1"})
+    for refused in (by_header, by_field):
+        assert refused.status_code == 400
+        error = refused.json()["error"]
+        assert error["type"] == "idempotency_key_reserved"
+        assert "'schedule:' or 'heartbeat:'" in error["message"]
+    assert fine.status_code == 200
+    db = sqlite3.connect(workspace / "engram.db")
+    assert db.execute("SELECT message_id FROM inbox").fetchall() == [("my-schedule:1",)]
+    db.close()
 
 
 async def test_streaming_sends_deltas_and_tool_events_before_done(

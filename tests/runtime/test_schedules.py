@@ -17,7 +17,7 @@ import pytest
 import trio
 import trio.testing
 
-from adapters import Inbound, Reply
+from adapters import Inbound, KeyReserved, Reply
 from adapters.base import WaitingResponder
 from runtime.botcore import Bot
 from runtime.config import Config
@@ -263,6 +263,24 @@ async def test_a_schedule_due_while_the_bot_was_down_fires_once_at_start_then_ne
         assert channel.empty()  # the hourly one is not due again until the next hour
         assert [s.text for s in await runtime.schedules.pending()] == ["hourly"]
         assert len(await fired_rows(runtime)) == 2
+
+
+@pytest.mark.parametrize("prefix", ["schedule", "heartbeat"])
+async def test_a_client_cannot_take_the_key_of_a_firing_before_it_fires(
+    workspace: Path, mock_clock: trio.testing.MockClock, clock: Callable[[], float], prefix: str
+) -> None:
+    model, channel = Model(clock), Channel()
+    async with running(local_config(workspace), model, clock, channel) as runtime:
+        await say(runtime, schedule(text="water the plants", after_seconds=60))
+        (due,) = await runtime.schedules.pending()
+        firing = f"schedule:{due.id}:{due.due_at!r}"
+        key = firing if prefix == "schedule" else f"heartbeat:{int(due.due_at // 60)}"
+        with pytest.raises(KeyReserved, match="the bot's own"):
+            await runtime.deliver(Inbound("test", "s1", due.text, WaitingResponder(), key))
+        _, reply = await channel.next(within=120)
+        assert reply.message == "ok: [scheduled] water the plants"
+        assert await fired_rows(runtime) == [(firing, "replied")]
+        assert [text for _, text in model.heard].count("water the plants") == 0
 
 
 async def test_the_heartbeat_stays_silent_when_there_is_nothing_to_say(
