@@ -436,7 +436,11 @@ class Runtime:
 
     async def _recover(self, responders: RecoveryResponders) -> int:
         """Queue what a previous process accepted but did not answer, oldest first; what
-        does not fit a session's mailbox now waits in its backlog (see `_catch_up`)."""
+        does not fit a session's mailbox now waits in its backlog (see `_catch_up`).
+
+        The `Inbound` has no `address`: that is the channel's own type, which only its
+        `recovered` rebuilds (into the responder). Nothing after the inbox write reads it;
+        what needs it later (a schedule set in this turn) takes it from the inbox row."""
         entries = await self.inbox.unfinished()
         for entry in entries:
             make = responders.get(entry.channel)
