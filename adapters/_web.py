@@ -16,7 +16,7 @@ import cattrs
 from quart import Response, request
 
 from adapters._json import InvalidJson, decode_json
-from adapters.base import Busy, KeyReused, Reply, Unavailable
+from adapters.base import Busy, KeyReserved, KeyReused, Reply, Unavailable
 
 log = logging.getLogger("adapters.http")
 
@@ -85,7 +85,8 @@ def invalid() -> Iterator[None]:
 
 @contextlib.contextmanager
 def refusals() -> Iterator[None]:
-    """The runtime's refusals (`Busy`, `Unavailable`, `KeyReused`) as HTTP errors."""
+    """The runtime's refusals (`Busy`, `Unavailable`, `KeyReused`, `KeyReserved`) as HTTP
+    errors."""
     try:
         yield
     except Busy as exc:
@@ -95,6 +96,8 @@ def refusals() -> Iterator[None]:
         raise ApiError(503, "unavailable", str(exc), {"Retry-After": "5"}) from exc
     except KeyReused as exc:
         raise ApiError(422, "idempotency_key_reused", str(exc)) from exc
+    except KeyReserved as exc:
+        raise ApiError(400, "idempotency_key_reserved", str(exc)) from exc
 
 
 async def read_json(model: type[T], using: cattrs.Converter = converter) -> T:

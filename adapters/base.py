@@ -5,7 +5,8 @@ Error tree of what `Deliver` may raise to a channel::
     ChannelError
     ├── Busy          the session's mailbox is full: retry after `retry_after` seconds
     ├── Unavailable   the runtime is not taking messages (shutting down, not ready)
-    └── KeyReused     the message id was used before for a different message
+    ├── KeyReused     the message id was used before for a different message
+    └── KeyReserved   the message id is in the runtime's own namespace (`schedule:...`)
 """
 
 from __future__ import annotations
@@ -210,6 +211,12 @@ class Unavailable(ChannelError):
 class KeyReused(ChannelError):
     """The channel's message id (an `Idempotency-Key`) names an earlier, different message
     of the same session: neither is replayed nor run again."""
+
+
+class KeyReserved(ChannelError):
+    """The channel's message id starts with a prefix the runtime keeps for the messages it
+    writes itself (a fired schedule, a heartbeat): taken by a client first, it would stop
+    them (the inbox answers a repeat of the key instead of running it)."""
 
 
 def reply_body(reply: Reply) -> dict[str, Any]:

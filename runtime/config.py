@@ -151,9 +151,9 @@ class BotSettings:
     """Tool calls of one model answer that run at the same time."""
     tool_threads: int = attrs.field(default=8, validator=_positive)
     """Worker threads the file and task tools may hold at once (their own pool)."""
-    schedule_tool: bool = False
-    """Whether the model gets the `schedule` tool (off: it pushes the built-in tools past the
-    default token budget, behind the tool search)."""
+    schedule_tool: bool = True
+    """Whether the model gets the `schedule` tool (`false` keeps its 185 tokens out of
+    every prompt; schedules set before still fire)."""
     heartbeat_minutes: float = attrs.field(default=0.0, validator=attrs.validators.ge(0))
     """How often the heartbeat asks the model to follow HEARTBEAT.md; 0 is off."""
     heartbeat_session: str = attrs.field(

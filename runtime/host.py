@@ -21,7 +21,7 @@ import httpx2
 import trio
 
 from adapters.admin import memory_routes, probe_routes
-from adapters.api import ApiSettings, HttpApiChannel
+from adapters.api import Answered, AnswerPage, Answers, ApiSettings, HttpApiChannel, Source
 from adapters.base import Channel, Health, Route
 from adapters.http import HttpSettings, allowed_hosts, create_app, serve_http
 from adapters.openai_api import ChatBot, OpenAIChatChannel
@@ -38,6 +38,7 @@ from runtime.llm import Provider
 from runtime.llm.select import open_model
 from runtime.memory_api import MemoryApi
 from runtime.metrics import render_all
+from runtime.schedules import HEARTBEAT_KEY, SCHEDULE_KEY, is_silent
 
 log = logging.getLogger("runtime.host")
 
@@ -64,7 +65,38 @@ def _http_api(parts: BotParts) -> Channel:
             trusted_proxies=trusted_proxies(process.trusted_proxies),
         ),
         rate_limited=process.botcore_api_token is None,
+        answers=_answers(parts.runtime, "http"),
     )
+
+
+def _answers(runtime: Runtime, channel: str) -> Answers:
+    """A session's answered messages from the inbox, for a client that polls; a heartbeat
+    with nothing to say is left out (as it is sent nowhere else)."""
+
+    async def page(session_id: str, after: int, limit: int) -> AnswerPage:
+        rows, waiting = await runtime.inbox.answered(channel, session_id, after, limit)
+        messages = []
+        for entry, answered_at in rows:
+            key = entry.message_id or ""
+            source: Source = (
+                "schedule"
+                if key.startswith(SCHEDULE_KEY)
+                else "heartbeat"
+                if key.startswith(HEARTBEAT_KEY)
+                else "client"
+            )
+            assert entry.reply is not None  # answered rows hold their reply
+            if (
+                source == "heartbeat"
+                and entry.reply.error is None
+                and is_silent(entry.reply.message)
+            ):
+                continue  # nothing to say
+            messages.append(Answered(entry.id, entry.text, source, entry.reply, answered_at))
+        next_after = rows[-1][0].id if rows else after
+        return AnswerPage(tuple(messages), next_after, waiting)
+
+    return page
 
 
 def _telegram(parts: BotParts) -> Channel | None:

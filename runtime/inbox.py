@@ -219,7 +219,7 @@ class Inbox:
         )
         return [_entry(row) for row in rows]
 
-    async def answered(self, ids: Sequence[int]) -> list[InboxEntry]:
+    async def answers_to(self, ids: Sequence[int]) -> list[InboxEntry]:
         """Those of `ids` that are answered (replied, or dead-lettered with their reply)."""
         marks = ", ".join("?" * len(ids))
         rows = await self._db.run(
@@ -230,6 +230,31 @@ class Inbox:
             ).fetchall()
         )
         return [_entry(row) for row in rows]
+
+    async def answered(
+        self, channel: str, session_id: str, after: int, limit: int
+    ) -> tuple[list[tuple[InboxEntry, float]], bool]:
+        """A session's answered messages after inbox id `after`, oldest first, at most
+        `limit`, each with when it was answered; and whether one is still being answered.
+
+        The page stops before the first message not answered yet: a session is answered
+        in order, so a client that polls on from the last id it saw misses nothing."""
+
+        def read(db: Connection) -> tuple[list[tuple[InboxEntry, float]], bool]:
+            rows = db.execute(
+                f"SELECT {_COLUMNS}, updated_at FROM inbox"
+                " WHERE channel = ? AND session_id = ? AND id > ? ORDER BY id LIMIT ?",
+                (channel, session_id, after, limit),
+            ).fetchall()
+            page: list[tuple[InboxEntry, float]] = []
+            for row in rows:
+                entry = _entry(row)
+                if entry.state not in ("replied", "dead"):
+                    return page, True
+                page.append((entry, float(row[-1])))
+            return page, False
+
+        return await self._db.run(read)
 
     async def dead_letters(self) -> list[InboxEntry]:
         rows = await self._db.run(

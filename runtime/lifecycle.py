@@ -23,6 +23,7 @@ from adapters import (
     Accepted,
     Busy,
     Inbound,
+    KeyReserved,
     Progress,
     Reply,
     ReplyError,
@@ -38,7 +39,14 @@ from runtime.leases import Lease, LeaseLost, SessionLeases
 from runtime.llm import ModelRequest, Provider, UserText
 from runtime.logs import Redactor
 from runtime.metrics import Metrics
-from runtime.schedules import Clock, Heartbeat, Schedules, is_silent, run_scheduler
+from runtime.schedules import (
+    RESERVED_KEYS,
+    Clock,
+    Heartbeat,
+    Schedules,
+    is_silent,
+    run_scheduler,
+)
 from runtime.session import Job, SessionActor, SessionServices, TurnLimits
 from runtime.tokens import TokenCounter
 from runtime.tools import ToolExecutor, ToolRegistry, builtin_tools
@@ -395,6 +403,12 @@ class Runtime:
 
     async def deliver(self, inbound: Inbound) -> Accepted:
         """Accept a message durably, then hand it to its session; see `adapters.base`."""
+        if inbound.message_id is not None and inbound.message_id.startswith(RESERVED_KEYS):
+            self.metrics.refused.inc(reason="key_reserved")
+            raise KeyReserved(
+                f"message ids starting with {' or '.join(map(repr, RESERVED_KEYS))} are the"
+                " bot's own (its schedules and heartbeat); use another key"
+            )
         if not self.accepting:
             self.metrics.refused.inc(reason="unavailable")
             raise Unavailable(
@@ -602,7 +616,7 @@ class Runtime:
             if not self._watching:
                 continue
             try:
-                answered = await self.inbox.answered(list(self._watching)[:500])
+                answered = await self.inbox.answers_to(list(self._watching)[:500])
             except Exception:
                 log.exception("reading answers from the inbox failed; trying again")
                 continue
@@ -637,7 +651,11 @@ class Runtime:
 
     async def _recover(self, responders: RecoveryResponders) -> int:
         """Queue what a previous process accepted but did not answer, oldest first; what
-        does not fit a session's mailbox now waits in its backlog (see `_catch_up`)."""
+        does not fit a session's mailbox now waits in its backlog (see `_catch_up`).
+
+        The `Inbound` has no `address`: that is the channel's own type, which only its
+        `recovered` rebuilds (into the responder). Nothing after the inbox write reads it;
+        what needs it later (a schedule set in this turn) takes it from the inbox row."""
         entries = await self.inbox.unfinished()
         for entry in entries:
             make = responders.get(entry.channel)

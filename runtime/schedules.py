@@ -39,6 +39,12 @@ LONGEST_SLEEP = 300.0
 RETRY_AFTER = 5.0
 """After the database failed the scheduler, it tries again after this long."""
 
+SCHEDULE_KEY = "schedule:"
+HEARTBEAT_KEY = "heartbeat:"
+RESERVED_KEYS = (SCHEDULE_KEY, HEARTBEAT_KEY)
+"""Prefixes of the inbox message ids the runtime writes itself; refused from channels
+(`adapters.KeyReserved`), so no client can take a firing's key before it fires."""
+
 HEARTBEAT_FILE = "HEARTBEAT.md"
 HEARTBEAT_OK = "HEARTBEAT_OK"
 """The heartbeat's answer when there is nothing to say; it is not sent anywhere."""
@@ -323,7 +329,7 @@ class Schedules:
                     channel,
                     session_id,
                     SCHEDULED_PREFIX + text,
-                    message_id=f"schedule:{schedule_id}:{due!r}",
+                    message_id=f"{SCHEDULE_KEY}{schedule_id}:{due!r}",
                     sender=sender,
                     address=None if address is None else json.loads(address),
                     now=now,
@@ -348,7 +354,7 @@ class Schedules:
         now = self.clock()
         return await self._db.run(
             lambda db: insert_entry(
-                db, channel, session_id, text, message_id=f"heartbeat:{slot}", now=now
+                db, channel, session_id, text, message_id=f"{HEARTBEAT_KEY}{slot}", now=now
             )
         )
 
@@ -431,6 +437,7 @@ def _next_slot(now: float, every: float) -> float:
 
 
 __all__ = [
+    "RESERVED_KEYS",
     "Cron",
     "Heartbeat",
     "Schedule",

@@ -38,6 +38,7 @@ from runtime.llm import (
 )
 from runtime.tools import Tool, ToolContext, ToolRegistry, builtin_tools
 from runtime.tools.catalogue import SEARCH, search_tool
+from runtime.tools.schedule import schedule_tool
 
 TOOL_CHOICE = Path(__file__).resolve().parents[2] / "tests" / "data" / "tool_choice"
 
@@ -72,9 +73,9 @@ def labelled_set(path: Path = TOOL_CHOICE / "labelled.json") -> list[Labelled]:
 
 
 def many_tools(*, search: bool = True) -> ToolRegistry:
-    """The built-in tools, 49 MCP tools (answering 'ok') and, unless told not to,
-    `tool_search`."""
-    registry = ToolRegistry(builtin_tools())
+    """The built-in tools and `schedule`, 49 MCP tools (answering 'ok') and, unless told
+    not to, `tool_search`."""
+    registry = ToolRegistry([*builtin_tools(), schedule_tool()])
     specs = json.loads((TOOL_CHOICE / "mcp_tools.json").read_text(encoding="utf-8"))
 
     async def ok(context: ToolContext, arguments: Mapping[str, object]) -> str:

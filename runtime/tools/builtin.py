@@ -7,12 +7,11 @@ import posixpath
 from collections.abc import Mapping
 
 from runtime.botcore import MemoryType, TaskNode
-from runtime.llm import ToolSpec
 from runtime.tools.registry import Tool, ToolContext
 
 JSONObject = Mapping[str, object]
 
-_PATH = {"type": "string", "minLength": 1, "description": "Path relative to the workspace."}
+_PATH = {"type": "string", "minLength": 1}
 
 
 def _file(args: JSONObject) -> str:
@@ -123,111 +122,95 @@ _IDS = {"type": "array", "items": {"type": "string", "minLength": 1}}
 
 
 def builtin_tools() -> list[Tool]:
+    """The built-in tools, their definitions kept short: every prompt carries them, and
+    with the `schedule` tool they fit the default budget without the catalogue."""
     return [
-        Tool(
-            ToolSpec(
-                "filesystem_read",
-                "Read a text file from the bot's workspace.",
-                _schema(["path"], path=_PATH),
-            ),
+        Tool.compact(
+            "filesystem_read",
+            "Read a workspace text file.",
+            _schema(["path"], path=_PATH),
             _read,
             _file,
         ),
-        Tool(
-            ToolSpec(
-                "filesystem_write",
-                "Create or overwrite a text file in the bot's workspace.",
-                _schema(["path", "content"], path=_PATH, content={"type": "string"}),
-            ),
+        Tool.compact(
+            "filesystem_write",
+            "Create or overwrite a workspace text file.",
+            _schema(["path", "content"], path=_PATH, content={"type": "string"}),
             _write,
             _file,
         ),
-        Tool(
-            ToolSpec(
-                "filesystem_edit",
-                "Replace one exact occurrence of old_text with new_text in a workspace file.",
-                _schema(
-                    ["path", "old_text", "new_text"],
-                    path=_PATH,
-                    old_text={"type": "string", "minLength": 1},
-                    new_text={"type": "string"},
-                ),
+        Tool.compact(
+            "filesystem_edit",
+            "Replace one exact occurrence of old_text with new_text in a workspace file.",
+            _schema(
+                ["path", "old_text", "new_text"],
+                path=_PATH,
+                old_text={"type": "string", "minLength": 1},
+                new_text={"type": "string"},
             ),
             _edit,
             _file,
         ),
-        Tool(
-            ToolSpec(
-                "filesystem_list",
-                "List a folder of the bot's workspace; folders end with '/'.",
-                _schema([], path={**_PATH, "description": "Folder, '.' for the workspace root."}),
-            ),
+        Tool.compact(
+            "filesystem_list",
+            "List a workspace folder ('.' is the root); folders end with '/'.",
+            _schema([], path=_PATH),
             _list,
             _file,
         ),
-        Tool(
-            ToolSpec(
-                "memory_recall",
-                "Search the bot's long-term memory; returns the best matches as JSON.",
-                _schema(
-                    ["query"],
-                    query={"type": "string", "minLength": 1},
-                    limit={"type": "integer", "minimum": 1, "maximum": 50},
-                ),
+        Tool.compact(
+            "memory_recall",
+            "Search long-term memory; the best matches as JSON.",
+            _schema(
+                ["query"],
+                query={"type": "string", "minLength": 1},
+                limit={"type": "integer", "minimum": 1, "maximum": 50},
             ),
             _recall,
         ),
-        Tool(
-            ToolSpec(
-                "memory_store",
-                "Store something worth remembering in the bot's long-term memory.",
-                _schema(
-                    ["content"],
-                    content={"type": "string", "minLength": 1},
-                    type={"type": "string", "enum": [t.value for t in MemoryType]},
-                    importance={"type": "number", "minimum": 0, "maximum": 1},
-                ),
+        Tool.compact(
+            "memory_store",
+            "Remember something in long-term memory.",
+            _schema(
+                ["content"],
+                content={"type": "string", "minLength": 1},
+                type={"type": "string", "enum": [t.value for t in MemoryType]},
+                importance={"type": "number", "minimum": 0, "maximum": 1},
             ),
             _store,
         ),
-        Tool(
-            ToolSpec(
-                "task_create",
-                "Add a task to the bot's task graph (.gid/graph.yml); returns its id.",
-                _schema(
-                    ["title"],
-                    title={"type": "string", "minLength": 1},
-                    description={"type": "string"},
-                    type={"type": "string", "description": "task, feature, issue ..."},
-                    depends_on={**_IDS, "description": "ids of tasks to finish first"},
-                    tags=_IDS,
-                ),
+        Tool.compact(
+            "task_create",
+            "Add a task to the task graph; returns its id.",
+            _schema(
+                ["title"],
+                title={"type": "string", "minLength": 1},
+                description={"type": "string"},
+                type={"type": "string", "description": "task, feature, issue ..."},
+                depends_on={**_IDS, "description": "ids to finish first"},
+                tags=_IDS,
             ),
             _task_create,
             _graph,
         ),
-        Tool(
-            ToolSpec(
-                "task_update",
-                "Change a task's status, title or description, or add dependencies.",
-                _schema(
-                    ["id"],
-                    id={"type": "string", "minLength": 1},
-                    status={"type": "string", "description": "todo, in_progress, blocked, done"},
-                    title={"type": "string", "minLength": 1},
-                    description={"type": "string"},
-                    depends_on=_IDS,
-                ),
+        Tool.compact(
+            "task_update",
+            "Change a task's status, title or description, or add dependencies.",
+            _schema(
+                ["id"],
+                id={"type": "string", "minLength": 1},
+                status={"type": "string", "description": "todo, in_progress, blocked, done"},
+                title={"type": "string", "minLength": 1},
+                description={"type": "string"},
+                depends_on=_IDS,
             ),
             _task_update,
             _graph,
         ),
-        Tool(
-            ToolSpec(
-                "task_list",
-                "List the tasks; ready=true lists only those that can start now.",
-                _schema([], ready={"type": "boolean"}, status={"type": "string"}),
-            ),
+        Tool.compact(
+            "task_list",
+            "List the tasks; ready=true: only those that can start now.",
+            _schema([], ready={"type": "boolean"}, status={"type": "string"}),
             _task_list,
             _graph,
         ),

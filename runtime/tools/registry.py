@@ -50,15 +50,57 @@ def _touches_nothing(arguments: JSONObject) -> str | None:
     return None
 
 
+_UNSHOWN = frozenset({"minLength", "additionalProperties"})
+"""Schema rules the model is not shown: an error names them when broken, and every prompt
+pays for them otherwise."""
+
+
+def shown(schema: JSONObject) -> dict[str, object]:
+    """The schema as the model reads it: without the rules in `_UNSHOWN`, or an empty
+    `required`."""
+    return {
+        key: _shown(value)
+        for key, value in schema.items()
+        if key not in _UNSHOWN and not (key == "required" and value == [])
+    }
+
+
+def _shown(value: object) -> object:
+    if isinstance(value, Mapping):
+        return shown(value)
+    if isinstance(value, list):
+        return [_shown(item) for item in value]
+    return value
+
+
 @attrs.frozen
 class Tool:
     spec: ToolSpec
     handler: Handler = attrs.field(eq=False)
     resource: Resource = attrs.field(default=_touches_nothing, eq=False)
+    checks: JSONObject | None = attrs.field(default=None, eq=False)
+    """The schema the executor enforces, when the model is shown a shorter one."""
+
+    @classmethod
+    def compact(
+        cls,
+        name: str,
+        description: str,
+        schema: JSONObject,
+        handler: Handler,
+        resource: Resource = _touches_nothing,
+    ) -> Tool:
+        """A tool whose definition costs fewer tokens (`shown`) and whose calls are still
+        checked against the whole `schema`."""
+        return cls(ToolSpec(name, description, shown(schema)), handler, resource, schema)
 
     @property
     def name(self) -> str:
         return self.spec.name
+
+    @property
+    def schema(self) -> JSONObject:
+        return self.spec.parameters if self.checks is None else self.checks
 
 
 class ToolRegistry:
@@ -199,7 +241,7 @@ class ToolExecutor:
             return ToolResult(
                 call.id, call.name, f"unknown tool {call.name!r}; known: {known}", True
             )
-        problems = validate(call.arguments, tool.spec.parameters)
+        problems = validate(call.arguments, tool.schema)
         if problems:
             return ToolResult(call.id, call.name, "invalid arguments: " + "; ".join(problems), True)
         try:

@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from datetime import UTC, datetime
 
-from runtime.llm import ToolSpec
 from runtime.schedules import SCHEDULED_PREFIX, ScheduleError
 from runtime.tools.registry import Tool, ToolContext
 
@@ -52,25 +51,23 @@ async def _schedule(context: ToolContext, args: JSONObject) -> str:
 
 
 def schedule_tool() -> Tool:
-    return Tool(
-        ToolSpec(
-            "schedule",
-            "Send yourself a message in this conversation later: at a time, after a delay, or "
-            f"on a cron expression (UTC). It arrives starting with {SCHEDULED_PREFIX.strip()!r}"
-            " and your answer goes to the user. Also list or cancel this conversation's.",
-            {
-                "type": "object",
-                "properties": {
-                    "action": {"type": "string", "enum": ["create", "list", "cancel"]},
-                    "text": {"type": "string", "description": "what to do when it fires"},
-                    "at": {"type": "string", "description": "ISO 8601 time; UTC if no offset"},
-                    "after_seconds": {"type": "number", "minimum": 0},
-                    "cron": {"type": "string", "description": "5 fields, e.g. '0 9 * * mon'"},
-                    "id": {"type": "integer", "description": "the schedule to cancel"},
-                },
-                "required": ["action"],
-                "additionalProperties": False,
+    return Tool.compact(
+        "schedule",
+        "Message yourself in this conversation later: at a time, after a delay or by cron"
+        f" (UTC). It arrives as '{SCHEDULED_PREFIX}<text>'; your answer goes to the user."
+        " Also list or cancel (by id) this conversation's.",
+        {
+            "type": "object",
+            "properties": {
+                "action": {"type": "string", "enum": ["create", "list", "cancel"]},
+                "text": {"type": "string"},
+                "at": {"type": "string", "description": "ISO 8601; UTC if no offset"},
+                "after_seconds": {"type": "number", "minimum": 0},
+                "cron": {"type": "string", "description": "5 fields: '0 9 * * mon'"},
+                "id": {"type": "integer"},
             },
-        ),
+            "required": ["action"],
+            "additionalProperties": False,
+        },
         _schedule,
     )

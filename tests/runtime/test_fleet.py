@@ -80,7 +80,7 @@ async def test_a_lapsed_lease_is_taken_with_a_new_epoch_and_the_old_write_is_ref
         await a.inbox.complete(
             entry.id, "http:s", [("user", "hi")], {}, Reply("on time", "s", "t-new"), lease=taken
         )
-        (answered,) = await a.inbox.answered([entry.id])
+        (answered,) = await a.inbox.answers_to([entry.id])
     assert answered.reply is not None and answered.reply.message == "on time"
 
 

@@ -17,11 +17,11 @@ import pytest
 import trio
 import trio.testing
 
-from adapters import Inbound, Reply
+from adapters import Inbound, KeyReserved, Reply
 from adapters.base import WaitingResponder
 from runtime.botcore import Bot
 from runtime.config import Config
-from runtime.inbox import InboxEntry
+from runtime.inbox import Inbox, InboxEntry
 from runtime.lifecycle import Runtime
 from runtime.llm import (
     ModelRequest,
@@ -81,9 +81,12 @@ class Channel:
 
     def __init__(self) -> None:
         self.send, self.receive = trio.open_memory_channel[tuple[str, Reply]](math.inf)
+        self.addresses: list[dict[str, Any] | None] = []
+        """The stored address of each message it was asked to answer after the fact."""
 
     def responder(self, entry: InboxEntry) -> WaitingResponder:
         channel = self
+        self.addresses.append(entry.address)
 
         class Recorded(WaitingResponder):
             def reply(self, reply: Reply) -> None:
@@ -114,7 +117,7 @@ async def running(
     config: Config, model: Model, clock: Callable[[], float], channel: Channel
 ) -> AsyncIterator[Runtime]:
     async with await Bot.open(config.workspace, config.db_path) as bot:
-        runtime = Runtime(attrs.evolve(config, schedule_tool=True), bot, model, clock=clock)
+        runtime = Runtime(config, bot, model, clock=clock)
         async with trio.open_nursery() as nursery:
             await nursery.start(
                 lambda task_status: runtime.run(
@@ -263,6 +266,55 @@ async def test_a_schedule_due_while_the_bot_was_down_fires_once_at_start_then_ne
         assert channel.empty()  # the hourly one is not due again until the next hour
         assert [s.text for s in await runtime.schedules.pending()] == ["hourly"]
         assert len(await fired_rows(runtime)) == 2
+
+
+@pytest.mark.parametrize("prefix", ["schedule", "heartbeat"])
+async def test_a_client_cannot_take_the_key_of_a_firing_before_it_fires(
+    workspace: Path, mock_clock: trio.testing.MockClock, clock: Callable[[], float], prefix: str
+) -> None:
+    model, channel = Model(clock), Channel()
+    async with running(local_config(workspace), model, clock, channel) as runtime:
+        await say(runtime, schedule(text="water the plants", after_seconds=60))
+        (due,) = await runtime.schedules.pending()
+        firing = f"schedule:{due.id}:{due.due_at!r}"
+        key = firing if prefix == "schedule" else f"heartbeat:{int(due.due_at // 60)}"
+        with pytest.raises(KeyReserved, match="the bot's own"):
+            await runtime.deliver(Inbound("test", "s1", due.text, WaitingResponder(), key))
+        _, reply = await channel.next(within=120)
+        assert reply.message == "ok: [scheduled] water the plants"
+        assert await fired_rows(runtime) == [(firing, "replied")]
+        assert [text for _, text in model.heard].count("water the plants") == 0
+
+
+@attrs.frozen
+class ChatAddress:
+    chat: int
+    reply_to: int
+
+
+async def test_a_schedule_set_answering_a_recovered_message_is_answered_at_its_address(
+    workspace: Path, mock_clock: trio.testing.MockClock, clock: Callable[[], float]
+) -> None:
+    model, channel = Model(clock), Channel()
+    config = local_config(workspace)
+    # Accepted by a process that died before answering it: in the inbox, with its address.
+    async with await Bot.open(config.workspace, config.db_path) as bot:
+        text = schedule(text="call mum", after_seconds=60)
+        asked = Inbound(
+            "test", "chat-7", text, WaitingResponder(), "m-1", "ana", ChatAddress(7, 41)
+        )
+        await Inbox(bot.db).accept(asked)
+    async with running(config, model, clock, channel) as runtime:
+        session, set_reply = await channel.next(within=30)  # the recovered message, answered
+        assert (session, set_reply.message[:12]) == ("chat-7", "scheduled #1")
+        _, fired = await channel.next(within=120)
+        assert fired.message == "ok: [scheduled] call mum"
+        rows = await runtime.bot.db.run(
+            lambda db: db.execute("SELECT address, sender FROM inbox ORDER BY id").fetchall()
+        )
+    assert channel.addresses == [{"chat": 7, "reply_to": 41}] * 2
+    assert [json.loads(address) for address, _ in rows] == [{"chat": 7, "reply_to": 41}] * 2
+    assert [sender for _, sender in rows] == ["ana", "ana"]
 
 
 async def test_the_heartbeat_stays_silent_when_there_is_nothing_to_say(

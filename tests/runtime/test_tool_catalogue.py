@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+import httpx2
 import pytest
 
 from runtime.botcore import Bot, Identity
 from runtime.llm import ModelRequest, ToolCall, ToolResult, UserText
 from runtime.prompt import build_request
+from runtime.scaffold import scaffold
 from runtime.session import Phase, ToolsFinished, Turn, TurnLimits, step
-from runtime.testing import local_config
+from runtime.testing import FakeLLM, local_config, serve_bot
 from runtime.testing.tool_choice import many_tools, score_tool_choice
 from runtime.tokens import TokenCounter
 from runtime.tools import ToolContext, ToolExecutor, ToolRegistry, builtin_tools
@@ -91,3 +94,45 @@ async def test_tool_search_loads_definitions_the_next_answer_can_call(workspace:
 @pytest.mark.parametrize("budget", [600, 1000, 2000])
 def test_the_catalogue_never_pushes_the_prompt_over_the_budget(budget: int) -> None:
     _request(many_tools(), "Schedule a meeting with Ana on Friday", budget=budget)
+
+
+@pytest.mark.parametrize("schedule_tool", [True, False])
+async def test_a_new_bot_gets_every_builtin_tool_in_full_and_schedule_unless_turned_off(
+    tmp_path: Path, fake_llm: tuple[FakeLLM, str], client: httpx2.AsyncClient, schedule_tool: bool
+) -> None:
+    workspace = tmp_path / "ada"
+    scaffold(workspace)  # what `botcorebot init` writes: an identity of usual size
+    fake, url = fake_llm
+    config = local_config(
+        workspace,
+        default_model="claude-x",
+        anthropic_api_key="k",
+        anthropic_base_url=url,
+        schedule_tool=schedule_tool,
+    )
+    async with serve_bot(config) as bot:
+        response = await client.post(f"{bot.url}/api/message", json={"message": "hello"})
+    assert response.status_code == 200, response.text
+    (request,) = fake.requests
+    sent = [t["name"] for t in request.body["tools"]]
+    expected = [t.name for t in builtin_tools()] + (["schedule"] if schedule_tool else [])
+    assert sent == expected  # in full, with no tool_search and no catalogue
+    assert "More tools" not in json.dumps(request.body["system"])
+    assert response.json()["metadata"]["prompt_tokens"]["total"] <= 2000
+
+
+async def test_rules_left_out_of_a_definition_are_still_enforced(workspace: Path) -> None:
+    registry = ToolRegistry(builtin_tools())
+    (spec,) = [s for s in registry.specs() if s.name == "memory_store"]
+    assert "minLength" not in json.dumps(spec.parameters)
+    assert "additionalProperties" not in json.dumps(spec.parameters)
+    executor = ToolExecutor(registry)
+    async with await Bot.open(workspace) as bot:
+        context = ToolContext(bot, "s")
+        empty = await executor.run(ToolCall("1", "memory_store", {"content": ""}), context)
+        extra = await executor.run(
+            ToolCall("2", "memory_store", {"content": "tea", "colour": "green"}), context
+        )
+        assert await bot.memory.recall("tea") == []
+    assert empty.is_error and "$.content must not be empty" in empty.content
+    assert extra.is_error and "unexpected field $.colour" in extra.content
