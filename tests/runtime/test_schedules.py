@@ -19,6 +19,7 @@ import trio.testing
 
 from adapters import Inbound, KeyReserved, Reply
 from adapters.base import WaitingResponder
+from adapters.telegram import TelegramAddress
 from runtime.botcore import Bot
 from runtime.config import Config
 from runtime.inbox import Inbox, InboxEntry
@@ -32,7 +33,7 @@ from runtime.llm import (
     ToolResults,
     UserText,
 )
-from runtime.schedules import Cron, ScheduleError
+from runtime.schedules import Cron, ScheduleError, Schedules
 from runtime.testing import local_config
 
 MONDAY_8AM = datetime(2026, 1, 5, 8, 0, tzinfo=UTC).timestamp()
@@ -373,3 +374,32 @@ def test_cron_finds_the_next_time_after_a_given_one(
 def test_cron_refuses_what_it_cannot_read(expression: str) -> None:
     with pytest.raises(ScheduleError):
         Cron.parse(expression)
+
+
+# -- the store on both engines ----------------------------------------------------------------
+
+
+async def test_the_schedule_store_fires_each_due_time_once_on_either_engine(
+    workspace: Path, database: Path | str
+) -> None:
+    now = [MONDAY_8AM]
+    async with await Bot.open(workspace, database) as bot:
+        inbox, schedules = Inbox(bot.db), Schedules(bot.db, lambda: now[0])
+        origin, _ = await inbox.accept(
+            Inbound("test", "me", "remind me", WaitingResponder(), "m1", address=TelegramAddress(7))
+        )
+        once = await schedules.add(origin.id, "drink water", after=60)
+        daily = await schedules.add(origin.id, "stand up", cron="0 9 * * *")
+        gone = await schedules.add(origin.id, "never mind", after=30)
+        assert await schedules.cancel(gone.id, "test", "me")
+        assert [s.id for s in await schedules.pending("test", "me")] == [once.id, daily.id]
+        assert await schedules.next_due() == MONDAY_8AM + 60
+        assert await schedules.fire_due() == []  # nothing due yet
+        now[0] = MONDAY_8AM + 3600 + 1  # past both
+        fired = await schedules.fire_due()
+        assert [e.text for e in fired] == ["[scheduled] drink water", "[scheduled] stand up"]
+        assert origin.address is not None and all(e.address == origin.address for e in fired)
+        assert await schedules.fire_due() == []  # never twice for one due time
+        (left,) = await schedules.pending()
+        assert left.id == daily.id and left.due_at == MONDAY_8AM + 86_400 + 3600
+        assert [e.id for e in await inbox.unfinished()] == [origin.id, *(e.id for e in fired)]
