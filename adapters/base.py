@@ -15,7 +15,7 @@ import contextlib
 import logging
 import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import attrs
 import trio
@@ -86,6 +86,20 @@ class Responder(Protocol):
     def reply(self, reply: Reply) -> None: ...
 
     def progress(self, event: Progress) -> None: ...
+
+
+Sent = Callable[[bool], None]
+"""Told once what became of an answer: True when the channel's far end has it (or there was
+nothing to send), False when the channel gave up on it."""
+
+
+@runtime_checkable
+class SendingResponder(Responder, Protocol):
+    """A responder that sends the answer itself, later (a Telegram message, a webhook
+    callback): it can say when the answer got there, so the runtime keeps the answer in its
+    outbox until then and sends it again if the process died first."""
+
+    def reply_then(self, reply: Reply, sent: Sent) -> None: ...
 
 
 class Unattended:

@@ -39,6 +39,7 @@ from adapters.base import (
     Reply,
     Reset,
     Route,
+    Sent,
     TextDelta,
     ToolProgress,
     Unavailable,
@@ -285,6 +286,8 @@ class _Outgoing:
     """A note that the chat is busy: one at a time per chat, so a flood is not echoed."""
     live: _Live | None = attrs.field(default=None, eq=False)
     """The answer shown growing, which this final text replaces."""
+    sent: Sent | None = attrs.field(default=None, eq=False)
+    """Told whether the message got to Telegram."""
 
 
 class _Live:
@@ -569,11 +572,18 @@ class TelegramChannel:
         return False  # anything else is for the model
 
     def submit(
-        self, chat_id: int, text: str, reply_to: int | None, *, live: _Live | None = None
+        self,
+        chat_id: int,
+        text: str,
+        reply_to: int | None,
+        *,
+        live: _Live | None = None,
+        sent: Sent | None = None,
     ) -> None:
         """Queue a message to a chat (sent in order, split, retried); never blocks. With
-        `live`, the text is the final form of that answer shown growing."""
-        self._queue(_Outgoing(chat_id, text, reply_to, live=live))
+        `live`, the text is the final form of that answer shown growing; `sent` is told
+        whether Telegram got it."""
+        self._queue(_Outgoing(chat_id, text, reply_to, live=live, sent=sent))
 
     def _note_busy(self, chat_id: int, retry_after: float, reply_to: int) -> None:
         """Tell the chat it is busy, unless a note saying so is still on its way."""
@@ -586,6 +596,8 @@ class TelegramChannel:
             self._send.send_nowait(outgoing)
         except trio.ClosedResourceError:
             log.error("Telegram: answer to chat %d dropped: shutting down", outgoing.chat_id)
+            if outgoing.sent is not None:
+                outgoing.sent(False)
         else:
             self._unsent[outgoing.chat_id] += 1
 
@@ -614,7 +626,9 @@ class TelegramChannel:
                 outgoing = waiting[0]
                 if outgoing.busy:
                     self._busy_noted.discard(chat_id)  # later refusals get a note of their own
-                await self._send_message(outgoing)
+                delivered = await self._send_message(outgoing)
+                if outgoing.sent is not None:
+                    outgoing.sent(delivered)
                 waiting.popleft()
                 self._unsent[chat_id] -= 1
         finally:
@@ -622,7 +636,8 @@ class TelegramChannel:
             self._unsent.pop(chat_id, None)
             self._senders.release_on_behalf_of(chat_id)
 
-    async def _send_message(self, outgoing: _Outgoing) -> None:
+    async def _send_message(self, outgoing: _Outgoing) -> bool:
+        """Send one answer (in pieces when long); whether all of it got to Telegram."""
         pieces = split_message(outgoing.text)
         if outgoing.live is not None and await self._finish_live(outgoing.live, pieces[0]):
             pieces.pop(0)  # the message edited as the answer grew is its first piece now
@@ -641,7 +656,8 @@ class TelegramChannel:
                 await self.api.request("sendMessage", params, attempts=self.settings.send_attempts)
             except TelegramError as exc:
                 log.error("Telegram: answer to chat %d not sent: %s", outgoing.chat_id, exc)
-                break
+                return False
+        return True
 
     # -- live answers ----------------------------------------------------------------------
 
@@ -773,14 +789,18 @@ class TelegramResponder:
         self.answered.set()
 
     def reply(self, reply: Reply) -> None:
+        self.reply_then(reply, lambda _: None)
+
+    def reply_then(self, reply: Reply, sent: Sent) -> None:
         self.answered.set()
         live, self._live = self._live, None
         if live is not None:
             live.finish()
         if self._muted or reply.replayed:
+            sent(True)  # nothing to send
             return
         text = reply.message or "Sorry, I could not produce an answer this time."
-        self._channel.submit(self._chat_id, text, self._reply_to, live=live)
+        self._channel.submit(self._chat_id, text, self._reply_to, live=live, sent=sent)
 
     def progress(self, event: Progress) -> None:
         if not self._can_live or self._muted or self.answered.is_set():

@@ -43,6 +43,7 @@ from adapters.base import (
     Reply,
     Responder,
     Route,
+    Sent,
     Unattended,
     WaitingResponder,
     reply_body,
@@ -239,6 +240,7 @@ class _Callback:
     source: WebhookSource
     delivery: str
     body: bytes
+    sent: Sent | None = attrs.field(default=None, eq=False)
 
 
 class CallbackSender:
@@ -258,12 +260,22 @@ class CallbackSender:
         self._send, self._receive = trio.open_memory_channel[_Callback](math.inf)
         self._posting = trio.CapacityLimiter(concurrency)
 
-    def submit(self, source: WebhookSource, delivery: str, body: Mapping[str, Any]) -> None:
+    def submit(
+        self,
+        source: WebhookSource,
+        delivery: str,
+        body: Mapping[str, Any],
+        sent: Sent | None = None,
+    ) -> None:
+        """Queue a post (its `webhook-id` is `reply-<delivery>`, the same at every attempt
+        and resend, so the receiver can drop a repeat); `sent` is told whether it got there."""
         data = json.dumps(body, ensure_ascii=False).encode()
         try:
-            self._send.send_nowait(_Callback(source, delivery, data))
+            self._send.send_nowait(_Callback(source, delivery, data, sent))
         except trio.ClosedResourceError:
             log.error("callback of %s for %s dropped: shutting down", source.name, delivery)
+            if sent is not None:
+                sent(False)
 
     def close(self) -> None:
         """Take no more callbacks; `run` returns once the posts under way are done."""
@@ -282,11 +294,15 @@ class CallbackSender:
 
     async def _post(self, client: httpx2.AsyncClient, callback: _Callback, slot: object) -> None:
         try:
-            await self._post_with_retries(client, callback)
+            delivered = await self._post_with_retries(client, callback)
         finally:
             self._posting.release_on_behalf_of(slot)
+        if callback.sent is not None:
+            callback.sent(delivered)
 
-    async def _post_with_retries(self, client: httpx2.AsyncClient, callback: _Callback) -> None:
+    async def _post_with_retries(self, client: httpx2.AsyncClient, callback: _Callback) -> bool:
+        """Post until the receiver answers below 500; whether it took the post (a 4xx is
+        its answer: posting again would get the same)."""
         source = callback.source
         assert source.callback is not None
         for attempt in range(self._attempts):
@@ -309,7 +325,7 @@ class CallbackSender:
                 if response.status_code < 500:
                     if response.status_code >= 400:
                         log.warning("callback of %s refused: %d", source.name, response.status_code)
-                    return
+                    return True
                 problem = f"HTTP {response.status_code}"
             except httpx2.HTTPError as exc:
                 problem = f"{type(exc).__name__}: {exc}"
@@ -317,6 +333,7 @@ class CallbackSender:
             log.warning("callback of %s failed (%s); retry in %.1fs", source.name, problem, wait)
             await trio.sleep(wait)
         log.error("callback of %s gave up after %d attempts", source.name, self._attempts)
+        return False
 
 
 class CallbackResponder:
@@ -327,6 +344,9 @@ class CallbackResponder:
 
     def reply(self, reply: Reply) -> None:
         self._sender.submit(self._source, self._delivery, reply_body(reply))
+
+    def reply_then(self, reply: Reply, sent: Sent) -> None:
+        self._sender.submit(self._source, self._delivery, reply_body(reply), sent)
 
     def progress(self, event: Progress) -> None:
         pass

@@ -162,6 +162,9 @@ class BotSettings:
     )
     """Where the heartbeat speaks, `channel:session` (`telegram:<chat id>`); on `http` its
     answers stay in the inbox and the session's history."""
+    outbox_grace_seconds: float = attrs.field(default=30.0, validator=attrs.validators.ge(0.5))
+    """How long a Telegram answer or webhook callback may take to be confirmed sent before it
+    is sent again (its process died, or the channel gave up): at least once, never lost."""
     lease_seconds: float = attrs.field(default=4.0, validator=attrs.validators.ge(1.0))
     """On PostgreSQL, how long a replica's hold on a session lasts unless renewed: how soon
     another replica takes over the sessions of one that died."""

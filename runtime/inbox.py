@@ -24,6 +24,10 @@ from runtime.leases import DATABASE_NOW, Lease, LeaseLost, fence_sql
 
 State = Literal["received", "processing", "replied", "dead"]
 
+OUTBOX_GRACE = 30.0
+"""How long an answer the channel sends itself may take to be confirmed before another try
+(by another replica, when the one sending it died)."""
+
 NOTIFY_WAITING = "botcore_waiting"
 """The PostgreSQL notification of a message accepted: replicas look for sessions to take up."""
 NOTIFY_ANSWERED = "botcore_answered"
@@ -63,8 +67,9 @@ class WaitingSession:
 
 
 class Inbox:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, *, outbox_grace: float = OUTBOX_GRACE) -> None:
         self._db = db
+        self.outbox_grace = outbox_grace
 
     async def accept(self, inbound: Inbound) -> tuple[InboxEntry, bool]:
         """Record the message; (entry, True) when new, (the earlier entry, False) on a repeat.
@@ -122,9 +127,12 @@ class Inbox:
         reply: Reply,
         *,
         lease: Lease | None = None,
+        outbox: bool = False,
     ) -> None:
         """Store the turn's history and the reply together: one transaction, so a crash can
         never leave a turn in the history whose message is still waiting to be handled.
+        With `outbox` (the channel sends the answer itself), the answer is also put in the
+        outbox, in the same transaction, until `sent` says it got there.
 
         Under a `lease` (replicas on PostgreSQL) the reply is written first, and only while
         the lease holds: otherwise nothing is written and `LeaseLost` is raised, so a replica
@@ -166,8 +174,57 @@ class Inbox:
                     "UPDATE inbox SET state = 'replied', reply = ?, updated_at = ? WHERE id = ?",
                     (body, now, entry_id),
                 )
+            if outbox:
+                db.execute(
+                    "INSERT INTO outbox (inbox_id, next_at, attempts) VALUES (?, ?, 0)"
+                    " ON CONFLICT DO NOTHING",
+                    (entry_id, now + self.outbox_grace),
+                )
 
         await self._db.run(write)
+
+    async def sent(self, entry_id: int, delivered: bool) -> None:
+        """What became of an answer in the outbox: gone from it once delivered; tried again
+        later (by `due_answers`) when the channel gave up on it."""
+        if delivered:
+            await self._db.run(
+                lambda db: db.execute("DELETE FROM outbox WHERE inbox_id = ?", (entry_id,))
+            )
+            return
+        retry = time.time() + self.outbox_grace
+        await self._db.run(
+            lambda db: db.execute(
+                "UPDATE outbox SET next_at = ? WHERE inbox_id = ?", (retry, entry_id)
+            )
+        )
+
+    async def due_answers(self, limit: int = 20) -> list[tuple[InboxEntry, int]]:
+        """Answers in the outbox that nobody confirmed within the grace time (the process
+        that was sending them died, or the channel gave up): each taken for this process for
+        another grace time, with how often it was taken before. Replicas take different ones
+        (SKIP LOCKED)."""
+        now = time.time()
+        grace = self.outbox_grace
+
+        def take(db: Connection) -> list[tuple[InboxEntry, int]]:
+            lock = " FOR UPDATE SKIP LOCKED" if db.dialect == "postgresql" else ""
+            rows = db.execute(
+                "UPDATE outbox SET next_at = ?, attempts = attempts + 1 WHERE inbox_id IN ("
+                f" SELECT inbox_id FROM outbox WHERE next_at <= ? ORDER BY next_at LIMIT ?{lock})"
+                " RETURNING inbox_id, attempts",
+                (now + grace, now, limit),
+            ).fetchall()
+            if not rows:
+                return []
+            attempts = {int(entry_id): int(count) for entry_id, count in rows}
+            marks = ", ".join("?" * len(attempts))
+            found = db.execute(
+                f"SELECT {_COLUMNS} FROM inbox WHERE id IN ({marks}) ORDER BY id",
+                tuple(attempts),
+            ).fetchall()
+            return [(entry, attempts[entry.id] - 1) for entry in map(_entry, found)]
+
+        return await self._db.run(take)
 
     async def dead(self, entry_id: int, reply: Reply) -> None:
         body = json.dumps(_converter.unstructure(reply))

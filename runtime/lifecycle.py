@@ -28,6 +28,8 @@ from adapters import (
     Reply,
     ReplyError,
     Responder,
+    SendingResponder,
+    Sent,
     Unattended,
     Unavailable,
 )
@@ -68,6 +70,11 @@ WATCH_EVERY = 0.5
 """How often a replica looks for the answers other replicas wrote for its waiting clients,
 besides when a notification says one was written."""
 
+OUTBOX_EVERY = 5.0
+"""How often the outbox is looked at for answers not confirmed in time."""
+OUTBOX_ATTEMPTS = 10
+"""How often an answer of the outbox is sent again before it is given up (logged)."""
+
 ACCEPT_DEADLINE = 30.0
 """How long `deliver` may wait for the inbox write, shielded from its caller's cancellation."""
 
@@ -100,11 +107,16 @@ _NEXT: dict[Lifecycle, frozenset[Lifecycle]] = {
 
 
 class _Fanout:
-    """The responder of a job: the original requester plus anyone who repeated its key."""
+    """The responder of a job: the original requester plus anyone who repeated its key.
+    With `sent`, the first is a `SendingResponder` whose answer is in the outbox: `sent`
+    hears whether it got there."""
 
-    def __init__(self, first: Responder, on_reply: Callable[[], None]) -> None:
+    def __init__(
+        self, first: Responder, on_reply: Callable[[], None], sent: Sent | None = None
+    ) -> None:
         self._responders = [first]
         self._on_reply = on_reply
+        self._sent = sent
 
     def add(self, responder: Responder) -> None:
         self._responders.append(responder)
@@ -115,7 +127,12 @@ class _Fanout:
 
     def reply(self, reply: Reply) -> None:
         self._on_reply()
-        for responder in self._responders:
+        first, *others = self._responders
+        if self._sent is not None and isinstance(first, SendingResponder):
+            first.reply_then(reply, self._sent)
+        else:
+            first.reply(reply)
+        for responder in others:
             responder.reply(reply)
 
     def progress(self, event: Progress) -> None:
@@ -212,7 +229,7 @@ class Runtime:
         self.config = config
         self.bot = bot
         self.provider = provider
-        self.inbox = Inbox(bot.db)
+        self.inbox = Inbox(bot.db, outbox_grace=config.outbox_grace_seconds)
         self.metrics = Metrics()
         self._sessions = (
             RateLimiter(config.session_rate_per_minute) if config.session_rate_per_minute else None
@@ -311,6 +328,7 @@ class Runtime:
         self._state = Lifecycle.NEW
         self._background = trio.CancelScope()
         self._fleet = trio.CancelScope()
+        self._sweeping = trio.CancelScope()
         self._scheduling = trio.CancelScope()
         self._responders: RecoveryResponders = {}
         self._nursery: trio.Nursery | None = None
@@ -374,6 +392,7 @@ class Runtime:
                     await nursery.start(self._run_fleet)
                 if self._backlog:
                     nursery.start_soon(self._catch_up)
+                nursery.start_soon(self._send_again)
                 if self._state is Lifecycle.STARTING:
                     self._move(Lifecycle.ACCEPTING)
                     # After recovery: a schedule fired before a crash is recovered, not fired.
@@ -390,6 +409,7 @@ class Runtime:
         self._move(Lifecycle.CLOSING)
         self._background.cancel()
         self._fleet.cancel()
+        self._sweeping.cancel()
         self._scheduling.cancel()
         self.registry.close()
 
@@ -479,8 +499,63 @@ class Runtime:
                 lease.busy -= 1
                 lease.idle_since = trio.current_time()
 
-        fanout = _Fanout(inbound.responder, replied)
-        return Job(attrs.evolve(inbound, responder=fanout), entry_id, lease), fanout
+        outbox = isinstance(inbound.responder, SendingResponder)
+        fanout = _Fanout(inbound.responder, replied, self._sent(entry_id) if outbox else None)
+        job = Job(attrs.evolve(inbound, responder=fanout), entry_id, lease, outbox=outbox)
+        return job, fanout
+
+    def _sent(self, entry_id: int) -> Sent:
+        """What to tell the outbox when the channel says what became of an answer."""
+
+        def sent(delivered: bool) -> None:
+            if self._nursery is None:
+                return  # stopped: the outbox keeps it, the next start sends it again
+            try:
+                self._nursery.start_soon(self._record_sent, entry_id, delivered)
+            except RuntimeError:
+                log.warning("answer %d: could not record that it was sent; it may be sent again", entry_id)
+
+        return sent
+
+    async def _record_sent(self, entry_id: int, delivered: bool) -> None:
+        try:
+            await self.inbox.sent(entry_id, delivered)
+        except Exception as exc:
+            log.warning("answer %d: could not record that it was sent (%s); it may be sent again", entry_id, exc)
+
+    async def _send_again(self) -> None:
+        """Send again the answers of the outbox that were not confirmed in time: their
+        process died while sending, or the channel gave up (at most `OUTBOX_ATTEMPTS`)."""
+        every = min(OUTBOX_EVERY, self.inbox.outbox_grace / 2)
+        with self._sweeping:
+            while True:
+                await trio.sleep(every)
+                try:
+                    due = await self.inbox.due_answers()
+                except Exception:
+                    log.exception("reading the outbox failed; trying again in %gs", every)
+                    continue
+                for entry, attempts in due:
+                    make = self._responders.get(entry.channel)
+                    responder = make(entry) if make is not None else None
+                    if entry.reply is None or not isinstance(responder, SendingResponder):
+                        await self._record_sent(entry.id, True)  # nothing this can send
+                    elif attempts >= OUTBOX_ATTEMPTS:
+                        log.error(
+                            "the answer to message %d (%s) was not sent after %d tries; given up",
+                            entry.id,
+                            entry.session_key,
+                            attempts,
+                        )
+                        await self._record_sent(entry.id, True)
+                    else:
+                        log.warning(
+                            "sending again the answer to message %d (%s): not confirmed in %gs",
+                            entry.id,
+                            entry.session_key,
+                            self.inbox.outbox_grace,
+                        )
+                        responder.reply_then(entry.reply, self._sent(entry.id))
 
     async def _take_up(self, session_key: str, live: Mapping[int, Inbound]) -> bool:
         """Hold the session's lease and queue its unanswered messages that are not queued

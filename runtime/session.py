@@ -304,6 +304,9 @@ class Job:
     lease: Lease | None = attrs.field(default=None, eq=False)
     """The session's lease this replica handles the message under (PostgreSQL); the turn's
     writes are fenced by its epoch."""
+    outbox: bool = False
+    """Whether its channel sends the answer itself (and says when it got there): the answer
+    is kept in the outbox until then."""
 
 
 @attrs.frozen
@@ -495,6 +498,7 @@ class SessionActor:
                     dict(reply.usage),
                     reply,
                     lease=job.lease,
+                    outbox=job.outbox,
                 )
                 return Stored()
             case SendReply(reply):
@@ -502,7 +506,13 @@ class SessionActor:
                 if reply.error is not None:
                     # A failed turn leaves no history, only its reply on the inbox row.
                     await services.inbox.complete(
-                        job.inbox_id, self.session_key, [], dict(reply.usage), reply, lease=job.lease
+                        job.inbox_id,
+                        self.session_key,
+                        [],
+                        dict(reply.usage),
+                        reply,
+                        lease=job.lease,
+                        outbox=job.outbox,
                     )
                 inbound.responder.reply(reply)
                 return Replied()

@@ -202,6 +202,16 @@ _SCHEMA = [
     """
     ALTER TABLE memories ADD COLUMN words INTEGER NOT NULL DEFAULT 0;
     """,
+    # version 9: answers a channel sends itself (Telegram, webhook callbacks) until it says
+    # they got there, so one cut off by a crash is sent again
+    """
+    CREATE TABLE outbox (
+        inbox_id INTEGER PRIMARY KEY,
+        next_at REAL NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE INDEX outbox_by_time ON outbox(next_at);
+    """,
 ]
 
 

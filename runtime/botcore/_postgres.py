@@ -143,6 +143,15 @@ _SCHEMA = [
     CREATE INDEX inbox_unfinished ON inbox (channel, session_id, id)
         WHERE state IN ('received', 'processing');
     """,
+    # version 3: answers a channel sends itself until it says they got there (runtime.inbox)
+    r"""
+    CREATE TABLE outbox (
+        inbox_id bigint PRIMARY KEY,
+        next_at double precision NOT NULL,
+        attempts integer NOT NULL DEFAULT 0
+    );
+    CREATE INDEX outbox_by_time ON outbox (next_at);
+    """,
 ]
 
 _MIGRATION_LOCK = 0x626F74636F7265  # "botcore": one replica migrates, the others wait

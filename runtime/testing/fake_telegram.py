@@ -168,6 +168,10 @@ class FakeTelegram:
         failure = _Failure(status, description or f"injected {status}", retry_after)
         self._failures.setdefault(method, deque()).extend([failure] * times)
 
+    def heal(self, method: str) -> None:
+        """Forget the failures still queued for `method`."""
+        self._failures.pop(method, None)
+
     def calls_of(self, method: str) -> list[Call]:
         return [call for call in self.calls if call.method == method]
 

@@ -441,6 +441,32 @@ async def test_killed_after_accepting_an_update_answers_it_exactly_once_after_re
     assert len(model.requests) == 2  # the killed turn, then one after the restart
 
 
+async def test_killed_after_storing_an_answer_but_before_telegram_got_it_sends_it_after_restart(
+    workspace: Path, telegram: Telegram
+) -> None:
+    fake, tg_url = telegram
+    env = {
+        "TELEGRAM_BOT_TOKEN": fake.token,
+        "TELEGRAM_API_BASE_URL": tg_url,
+        "TELEGRAM_POLL_TIMEOUT": "1",
+        "OUTBOX_GRACE_SECONDS": "1",
+    }
+    fake.fail("sendMessage", 502, times=1000)  # Telegram is down for sending
+    async with bot_process(workspace, env) as bot:
+        fake.text(61, "remember the code is 4711")
+        await wait_until(lambda: fake.calls_of("sendMessage"), within=20)  # stored, trying to send
+        bot.kill()
+        assert await bot.wait() == -9
+    fake.heal("sendMessage")
+    assert not fake.sent_to(61)
+    async with bot_process(workspace, env) as bot:
+        await wait_until(lambda: fake.sent_to(61), within=20)
+        await trio.sleep(2.5)  # past more grace times: it is not sent a second time
+    (answer,) = fake.sent_to(61)
+    assert answer.text == "Got it, I'll remember that."
+    assert "sending again the answer" in bot.log
+
+
 async def test_an_unreachable_api_is_retried_with_backoff_and_no_token_in_the_log(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
