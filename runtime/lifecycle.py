@@ -30,6 +30,8 @@ from adapters import (
     Responder,
     SendingResponder,
     Sent,
+    TextDelta,
+    TextDiscarded,
     Unattended,
     Unavailable,
 )
@@ -41,6 +43,7 @@ from runtime.leases import Lease, LeaseLost, SessionLeases
 from runtime.llm import ModelRequest, Provider, UserText
 from runtime.logs import Redactor
 from runtime.metrics import Metrics
+from runtime.relay import NOTIFY_PROGRESS, ProgressRelay, decode
 from runtime.schedules import (
     RESERVED_KEYS,
     Clock,
@@ -138,6 +141,20 @@ class _Fanout:
     def progress(self, event: Progress) -> None:
         for responder in self._responders:
             responder.progress(event)
+
+
+class _Relayed:
+    """The responder of a message another replica may have a client waiting for: the
+    answer goes to the inbox, the progress to that replica (`runtime.relay`)."""
+
+    def __init__(self, inner: Responder, entry_id: int, relay: ProgressRelay) -> None:
+        self._inner, self._entry_id, self._relay = inner, entry_id, relay
+
+    def reply(self, reply: Reply) -> None:
+        self._inner.reply(reply)
+
+    def progress(self, event: Progress) -> None:
+        self._relay.publish(self._entry_id, event)
 
 
 class _Quiet:
@@ -288,6 +305,9 @@ class Runtime:
         self._waiting_hint = trio.Event()
         self._answered_hint = trio.Event()
         self._taking: dict[str, trio.Lock] = {}
+        self._relay = ProgressRelay(bot.db)
+        self._relayed: dict[int, str] = {}
+        """The text relayed so far of the messages watched here."""
         """Messages another replica answers, and who waits here for their answer."""
         self.registry: Registry[str, SessionMessage] = Registry(
             lambda key: _Session(key, self.services, self._moved),
@@ -589,14 +609,14 @@ class Runtime:
                 self._taking.pop(session_key, None)
 
     def _recovered(self, entry: InboxEntry) -> Inbound:
+        """A message taken up from the shared inbox: answered at its address, or, for a
+        client that waits (on another replica, if anywhere), with its progress relayed."""
         make = self._responders.get(entry.channel)
+        responder = make(entry) if make is not None else Unattended(entry.session_key)
+        if isinstance(responder, Unattended):
+            responder = _Relayed(responder, entry.id, self._relay)
         return Inbound(
-            entry.channel,
-            entry.session_id,
-            entry.text,
-            make(entry) if make is not None else Unattended(entry.session_key),
-            entry.message_id,
-            entry.sender,
+            entry.channel, entry.session_id, entry.text, responder, entry.message_id, entry.sender
         )
 
     async def _run_fleet(self, *, task_status: trio.TaskStatus[None]) -> None:
@@ -604,6 +624,7 @@ class Runtime:
         waiting sessions, and pass on the answers other replicas wrote."""
         with self._fleet:
             async with trio.open_nursery() as nursery:
+                await nursery.start(self._relay.run)
                 await nursery.start(self._claim)
                 nursery.start_soon(self._watch_answers)
                 nursery.start_soon(self._listen)
@@ -618,18 +639,34 @@ class Runtime:
         assert listen is not None
         token = trio.lowlevel.current_trio_token()
 
-        def wake(channel: str) -> None:
-            (self._waiting_hint if channel == NOTIFY_WAITING else self._answered_hint).set()
+        def wake(channel: str, payload: str) -> None:
+            if channel == NOTIFY_WAITING:
+                self._waiting_hint.set()
+            elif channel == NOTIFY_ANSWERED:
+                self._answered_hint.set()
+            elif (progress := decode(payload)) is not None:
+                entry_id, events = progress
+                waiting = self._watching.get(entry_id)
+                if not waiting:
+                    return
+                for event in events:
+                    so_far = self._relayed.get(entry_id, "")
+                    if isinstance(event, TextDelta):
+                        self._relayed[entry_id] = so_far + event.text
+                    elif isinstance(event, TextDiscarded):
+                        self._relayed[entry_id] = so_far.removesuffix(event.text)
+                    for responder in waiting:
+                        responder.progress(event)
 
-        def notified(channel: str) -> None:
-            trio.from_thread.run_sync(wake, channel, trio_token=token)
+        def notified(channel: str, payload: str) -> None:
+            trio.from_thread.run_sync(wake, channel, payload, trio_token=token)
 
+        channels = (NOTIFY_WAITING, NOTIFY_ANSWERED, NOTIFY_PROGRESS)
         while True:
             stop = threading.Event()
             try:
                 await trio.to_thread.run_sync(
-                    listen, (NOTIFY_WAITING, NOTIFY_ANSWERED), notified, stop,
-                    abandon_on_cancel=True,
+                    listen, channels, notified, stop, abandon_on_cancel=True
                 )
             except Exception as exc:
                 log.warning("listening for notifications failed (%s); polling meanwhile", exc)
@@ -696,9 +733,16 @@ class Runtime:
                 log.exception("reading answers from the inbox failed; trying again")
                 continue
             for entry in answered:
-                assert entry.reply is not None
+                reply = entry.reply
+                assert reply is not None
+                # The answer can overtake its last relayed progress: a stream gets the text
+                # it has not seen yet, so what it put together is the answer.
+                so_far = self._relayed.pop(entry.id, "")
+                rest = reply.message[len(so_far) :]
                 for responder in self._watching.pop(entry.id, []):
-                    responder.reply(entry.reply)
+                    if reply.error is None and rest and reply.message.startswith(so_far):
+                        responder.progress(TextDelta(rest))
+                    responder.reply(reply)
 
     def _tell(self, session_key: str, message: SessionMessage) -> None:
         """To the session's mailbox, behind any recovered message still waiting for room."""

@@ -265,9 +265,12 @@ class PostgresEngine:
         self._pool.close()
 
     def listen(
-        self, channels: Sequence[str], notified: Callable[[str], None], stop: threading.Event
+        self,
+        channels: Sequence[str],
+        notified: Callable[[str, str], None],
+        stop: threading.Event,
     ) -> None:
-        """Call `notified(channel)` for each notification on `channels` until `stop` is set
+        """Call `notified(channel, payload)` for each notification on `channels` until `stop` is set
         (checked every `LISTEN_TICK` seconds), on a connection of its own; returns, or
         raises psycopg's error, when that connection fails."""
         with psycopg.connect(self._url, autocommit=True, connect_timeout=10) as connection:
@@ -275,7 +278,7 @@ class PostgresEngine:
                 connection.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
             while not stop.is_set():
                 for notification in connection.notifies(timeout=LISTEN_TICK):
-                    notified(notification.channel)
+                    notified(notification.channel, notification.payload)
 
 
 def _migrate(connection: psycopg.Connection[Any]) -> None:

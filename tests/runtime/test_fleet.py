@@ -8,12 +8,16 @@ from pathlib import Path
 import pytest
 import trio
 
-from adapters import Inbound, Reply
-from adapters.base import WaitingResponder
+from adapters import Inbound, Reply, TextDelta
+from adapters.base import StreamingResponder, WaitingResponder
 from runtime.config import Config
 from runtime.leases import LeaseLost, SessionLeases
+from runtime.llm.select import open_model
 from runtime.testing import (
+    FakeLLM,
     FakeTelegram,
+    Slow,
+    Text,
     bot_process,
     local_config,
     make_workspace,
@@ -144,3 +148,35 @@ async def test_two_replicas_on_one_token_poll_from_one_and_the_other_takes_over_
     # The killed poller's last long poll may still be open at the fake when the other's
     # first one arrives (a dead client's request, ended with 409 that nobody reads).
     assert fake.conflicts <= 1
+
+
+async def test_a_stream_taken_by_a_replica_that_does_not_hold_the_session_gets_the_whole_answer(
+    workspace: Path, postgres_server: str, fake_llm: tuple[FakeLLM, str]
+) -> None:
+    model, llm_url = fake_llm
+    url = new_schema(postgres_server)
+    config = local_config(
+        workspace,
+        database_url=url,
+        default_model="claude-x",
+        anthropic_api_key="k",
+        anthropic_base_url=llm_url,
+    )
+    answer = "one two three four five six seven eight nine ten " * 20
+    model.script(Text("hello"), Slow(0.5, Text(answer)))
+    try:
+        async with (
+            open_runtime(config, open_model(config)) as a,
+            open_runtime(config, open_model(config)) as b,
+        ):
+            await ask(b, "s", "hi", "1")  # `b` holds the session
+            stream = StreamingResponder()
+            await a.deliver(Inbound("http", "s", "count to ten", stream, message_id="2"))
+            items = [item async for item in stream.items(15)]
+    finally:
+        drop_schema(url)
+    *progress, reply = items
+    assert isinstance(reply, Reply) and reply.message.strip() == answer.strip()
+    assert progress and all(isinstance(item, TextDelta) for item in progress)
+    deltas = [item.text for item in progress if isinstance(item, TextDelta)]
+    assert "".join(deltas) == reply.message  # put together, the stream is the answer
