@@ -101,6 +101,10 @@ class SessionLeases:
         self._held: dict[str, Lease] = {}
         self.on_lost: Callable[[Lease], None] = lambda lease: None
 
+    def statistics(self) -> int:
+        """How many leases this replica holds now."""
+        return sum(1 for lease in self._held.values() if not lease.lost)
+
     def held(self, key: str) -> Lease | None:
         """The lease on `key` if this replica certainly holds it now."""
         lease = self._held.get(key)

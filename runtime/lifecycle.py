@@ -305,6 +305,18 @@ class Runtime:
         self._waiting_hint = trio.Event()
         self._answered_hint = trio.Event()
         self._taking: dict[str, trio.Lock] = {}
+        if self.leases is not None:
+            leases = self.leases
+            self.metrics.gauge(
+                "botcore_leases_held",
+                "Sessions (and pollers) this replica holds the lease of.",
+                lambda: leases.statistics(),
+            )
+            self.metrics.gauge(
+                "botcore_answers_awaited",
+                "Messages another replica answers, with a client waiting here.",
+                lambda: len(self._watching),
+            )
         self._relay = ProgressRelay(bot.db)
         self._relayed: dict[int, str] = {}
         """The text relayed so far of the messages watched here."""
