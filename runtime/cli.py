@@ -34,7 +34,7 @@ from adapters import (
     TextDiscarded,
     ToolProgress,
 )
-from runtime.botcore import Bot, BotCoreError
+from runtime.botcore import Bot, BotCoreError, WorkspaceError
 from runtime.config import CONFIG_FILE, Config, ConfigError
 from runtime.host import HostConfig, load_host, serve
 from runtime.inbox import Inbox, InboxEntry
@@ -585,7 +585,9 @@ async def _doctor(config: Config, report: _Report) -> None:
             check = None
             if bot.db.dialect == "sqlite":
                 check = await bot.db.run(lambda db: db.execute("PRAGMA quick_check").fetchone())
-    except (BotCoreError, OSError, sqlite3.Error) as exc:
+    except WorkspaceError as exc:  # "cannot open the database …: why"
+        report.fail(str(exc))
+    except Exception as exc:  # whatever the engine says is the finding
         report.fail(f"database {config.database_name}: {exc}")
     else:
         line = f"database {config.database_name}: {_plural(memories, 'memory', 'memories')}"

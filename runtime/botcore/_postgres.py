@@ -13,7 +13,6 @@ its `options=-csearch_path%3Dbot_name` (the schema is created when missing).
 from __future__ import annotations
 
 import functools
-import re
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -205,8 +204,15 @@ class PostgresEngine:
 
     @classmethod
     def connect(cls, url: str) -> PostgresEngine:
-        """Open the pool and bring the schema up to date; a clear error if the server cannot
-        be reached within `CONNECT_TIMEOUT`."""
+        """Connect, bring the schema up to date, then open the pool; `ConnectionError` in
+        the server's (or libpq's) words when it cannot be reached."""
+        try:
+            first = psycopg.connect(url, connect_timeout=int(CONNECT_TIMEOUT))
+        except psycopg.Error as exc:
+            said = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ConnectionError(said) from None
+        with first:
+            _migrate(first)
         pool = psycopg_pool.ConnectionPool(
             url,
             min_size=1,
@@ -222,14 +228,7 @@ class PostgresEngine:
             pool.close()
             raise ConnectionError(
                 f"cannot reach PostgreSQL at {describe(url)} within {CONNECT_TIMEOUT:g}s"
-                f" ({_last_error(url)})"
             ) from exc
-        try:
-            with pool.connection() as connection:
-                _migrate(connection)
-        except BaseException:
-            pool.close()
-            raise
         return cls(pool, url)
 
     def execute(self, batch: list[_Call[Any]]) -> None:
@@ -306,14 +305,3 @@ def _migrate(connection: psycopg.Connection[Any]) -> None:
             connection.execute("INSERT INTO schema_version VALUES (%s)", (len(_SCHEMA),))
         else:
             connection.execute("UPDATE schema_version SET version = %s", (len(_SCHEMA),))
-
-
-def _last_error(url: str) -> str:
-    """Why a connection fails, in the server's or libpq's words (the password left out)."""
-    try:
-        psycopg.connect(url, connect_timeout=2).close()
-    except psycopg.Error as exc:
-        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        return re.sub(r"password=\S+", "password=***", message)
-    return "it answered only after the timeout"
-

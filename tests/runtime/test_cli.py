@@ -479,3 +479,25 @@ async def test_doctor_beside_the_running_bot_does_not_fail_on_its_port(workspace
         assert await bot.wait() == 0
     assert result.returncode == 0, result.stdout
     assert f"warn  HTTP port {port}: a bot is running there" in result.stdout
+
+
+def test_doctor_on_postgresql_checks_the_server_and_never_shows_the_password(
+    workspace: Path, postgres_server: str
+) -> None:
+    from runtime.testing.postgres import drop_schema, new_schema
+
+    url = new_schema(postgres_server)
+    healthy = run_cli("doctor", "-w", str(workspace), env=clean_env(DATABASE_URL=url))
+    drop_schema(url)
+    assert healthy.returncode == 0, healthy.stdout
+    assert "ok    database postgresql database postgres on the socket in" in healthy.stdout
+    gone = "postgresql://bot:hunter2@/bots?host=%2Fnonexistent"
+    sick = run_cli("doctor", "-w", str(workspace), env=clean_env(DATABASE_URL=gone))
+    assert sick.returncode == 1
+    assert "FAIL  cannot open the database postgresql database bots" in sick.stdout
+    assert "hunter2" not in sick.stdout + sick.stderr
+    refused = run_cli("serve", "-w", str(workspace), env=clean_env(DATABASE_URL=gone))
+    assert refused.returncode != 0 and "cannot open the database" in refused.stderr
+    assert "hunter2" not in refused.stdout + refused.stderr
+    backup = run_cli("backup", "-w", str(workspace), "copy.db", env=clean_env(DATABASE_URL=url))
+    assert backup.returncode != 0 and "pg_dump" in backup.stderr
