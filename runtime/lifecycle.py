@@ -45,6 +45,7 @@ from runtime.logs import Redactor
 from runtime.metrics import Metrics
 from runtime.relay import NOTIFY_PROGRESS, ProgressRelay, decode
 from runtime.schedules import (
+    HEARTBEAT_KEY,
     RESERVED_KEYS,
     Clock,
     Heartbeat,
@@ -620,13 +621,25 @@ class Runtime:
             if not lock.locked() and lock.statistics().tasks_waiting == 0:
                 self._taking.pop(session_key, None)
 
+    async def _take_up_fired(self, session_key: str) -> None:
+        try:
+            await self._take_up(session_key, {})
+        except (MailboxFull, ActorStopped):
+            pass  # `_claim` takes it up at a later pass
+        except Exception:
+            log.exception("taking up a fired schedule of %s failed; trying again", session_key)
+
     def _recovered(self, entry: InboxEntry) -> Inbound:
-        """A message taken up from the shared inbox: answered at its address, or, for a
-        client that waits (on another replica, if anywhere), with its progress relayed."""
+        """A message from the inbox, not from its channel (recovered after a restart, fired
+        by a schedule, taken up from a shared inbox): answered at its address, or, for a
+        client that waits (on another replica, if anywhere), with its progress relayed. A
+        heartbeat with nothing to say goes nowhere."""
         make = self._responders.get(entry.channel)
         responder = make(entry) if make is not None else Unattended(entry.session_key)
         if isinstance(responder, Unattended):
             responder = _Relayed(responder, entry.id, self._relay)
+        if (entry.message_id or "").startswith(HEARTBEAT_KEY):
+            responder = _Quiet(responder)
         return Inbound(
             entry.channel, entry.session_id, entry.text, responder, entry.message_id, entry.sender
         )
@@ -789,16 +802,7 @@ class Runtime:
         what needs it later (a schedule set in this turn) takes it from the inbox row."""
         entries = await self.inbox.unfinished()
         for entry in entries:
-            make = responders.get(entry.channel)
-            inbound = Inbound(
-                entry.channel,
-                entry.session_id,
-                entry.text,
-                make(entry) if make is not None else Unattended(entry.session_key),
-                entry.message_id,
-                entry.sender,
-            )
-            job, self._waiting[entry.id] = self._job(entry.id, inbound)
+            job, self._waiting[entry.id] = self._job(entry.id, self._recovered(entry))
             self._backlog.setdefault(entry.session_key, deque()).append(job)
         self._feed_backlog()
         return len(entries)
@@ -838,17 +842,16 @@ class Runtime:
         with self._scheduling:
             await run_scheduler(self.schedules, self._fire, heartbeat)
 
-    def _fire(self, entry: InboxEntry, heartbeat: bool) -> None:
+    def _fire(self, entry: InboxEntry) -> None:
         """A fired schedule (or heartbeat), in the inbox already: to its session, behind
-        what waits there, answered on its channel as a recovered message would be."""
-        make = self._responders.get(entry.channel)
-        responder = make(entry) if make is not None else Unattended(entry.session_key)
-        if heartbeat:
-            responder = _Quiet(responder)
-        inbound = Inbound(
-            entry.channel, entry.session_id, entry.text, responder, entry.message_id, entry.sender
-        )
-        job, self._waiting[entry.id] = self._job(entry.id, inbound)
+        what waits there, answered on its channel as a recovered message would be. On a
+        shared inbox, by the replica that holds the session (every replica's scheduler
+        fires, the inbox key lets one of them add the row)."""
+        if self.leases is not None:
+            if self._nursery is not None:
+                self._nursery.start_soon(self._take_up_fired, entry.session_key)
+            return
+        job, self._waiting[entry.id] = self._job(entry.id, self._recovered(entry))
         self._backlog.setdefault(entry.session_key, deque()).append(job)
         self._feed_backlog()
         if self._backlog and not self._catching_up and self._nursery is not None:

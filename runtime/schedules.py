@@ -384,8 +384,9 @@ def is_silent(message: str) -> bool:
     return not text or text.strip(".!* `") == HEARTBEAT_OK
 
 
-Fire = Callable[[InboxEntry, bool], None]
-"""Hands a fired inbox row to its session; the flag: a heartbeat (silent when idle)."""
+Fire = Callable[[InboxEntry], None]
+"""Hands a fired inbox row to its session (a heartbeat's, by its key, stays silent when it
+has nothing to say)."""
 
 
 @attrs.frozen
@@ -407,7 +408,7 @@ async def run_scheduler(schedules: Schedules, fire: Fire, heartbeat: Heartbeat |
         try:
             for entry in await schedules.fire_due():
                 log.info("schedule fired into %s (inbox %d)", entry.session_key, entry.id)
-                fire(entry, False)
+                fire(entry)
             if heartbeat is not None and beat_at is not None and clock() >= beat_at:
                 await _beat(schedules, fire, heartbeat, round(beat_at / heartbeat.every))
                 beat_at = _next_slot(clock(), heartbeat.every)
@@ -429,7 +430,7 @@ async def _beat(schedules: Schedules, fire: Fire, heartbeat: Heartbeat, slot: in
         return  # no instructions: nothing to ask the model
     entry = await schedules.heartbeat(heartbeat.channel, heartbeat.session_id, slot, prompt)
     if entry is not None:
-        fire(entry, True)
+        fire(entry)
 
 
 def _next_slot(now: float, every: float) -> float:

@@ -674,20 +674,28 @@ async def _memory(args: argparse.Namespace) -> None:
 
 
 def recall_quality(args: argparse.Namespace) -> None:
-    """Hit@1/5/10 and MRR per question type on the labelled facts and the conversations."""
-    trio.run(_recall_quality)
+    """Hit@1/5/10 and MRR per question type on the labelled facts and the conversations, on
+    SQLite, or on PostgreSQL with `--database-url` (a fresh schema per set)."""
+    trio.run(_recall_quality, args.database_url)
 
 
-async def _recall_quality() -> None:
+async def _recall_quality(server: str | None) -> None:
     from runtime.botcore import Bot
+    from runtime.testing.postgres import drop_schema, new_schema
     from runtime.testing.recall_set import rank_conversations, rank_recall_set
 
+    engine = "PostgreSQL" if server else "SQLite"
     for title, rank in (("labelled facts", rank_recall_set), ("conversations", rank_conversations)):
         with tempfile.TemporaryDirectory(prefix="bench-recall-") as folder:
-            async with await Bot.open(folder) as bot:
-                ranking = await rank(bot)
+            url = new_schema(server) if server else None
+            try:
+                async with await Bot.open(folder, url) as bot:
+                    ranking = await rank(bot)
+            finally:
+                if url:
+                    drop_schema(url)
         table(
-            f"{title}: Hit@1 / Hit@5 / Hit@10 / MRR",
+            f"{title} ({engine}): Hit@1 / Hit@5 / Hit@10 / MRR",
             [
                 (
                     f"{kind} ({r.questions})",
@@ -916,7 +924,12 @@ def main() -> None:
     memory_cmd.add_argument(
         "--fills", type=Path, help="keep the synthetic fills here and reuse them in later runs"
     )
-    commands.add_parser("recall-quality", help="Hit@1/5/10 and MRR on both labelled sets")
+    quality_cmd = commands.add_parser(
+        "recall-quality", help="Hit@1/5/10 and MRR on both labelled sets"
+    )
+    quality_cmd.add_argument(
+        "--database-url", help="a PostgreSQL server to measure on instead of SQLite"
+    )
     tokens_cmd = commands.add_parser("tokens", help="prompt tokens over a 50-turn conversation")
     tokens_cmd.add_argument("--budget", type=int, default=2000)
     args = parser.parse_args()
