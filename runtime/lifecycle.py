@@ -320,6 +320,7 @@ class Runtime:
             )
         self._relay = ProgressRelay(bot.db)
         self._relayed: dict[int, str] = {}
+        self._watched_sessions: dict[int, str] = {}
         """The text relayed so far of the messages watched here."""
         """Messages another replica answers, and who waits here for their answer."""
         self.registry: Registry[str, SessionMessage] = Registry(
@@ -482,7 +483,7 @@ class Runtime:
                 if self.leases is None:
                     self._enqueue(entry.id, inbound)
                 elif not await self._take_up(inbound.session_key, {entry.id: inbound}):
-                    self._watch(entry.id, inbound.responder)  # another replica answers it
+                    self._watch(entry, inbound.responder)  # another replica answers it
             except MailboxFull as exc:
                 self.metrics.refused.inc(reason="mailbox_full")
                 await self.inbox.withdraw(entry.id)
@@ -520,6 +521,7 @@ class Runtime:
         self._waiting[entry_id] = fanout
         if lease is not None:
             lease.busy += 1
+        self._watched_sessions.pop(entry_id, None)
         for responder in self._watching.pop(entry_id, []):
             fanout.add(responder)
 
@@ -730,8 +732,13 @@ class Runtime:
                 await self._waiting_hint.wait()
             self._waiting_hint = trio.Event()
 
-    def _watch(self, entry_id: int, responder: Responder) -> None:
+    def _watch(self, message: InboxEntry | Job, responder: Responder) -> None:
+        if isinstance(message, Job):
+            entry_id, session_id = message.inbox_id, message.inbound.session_id
+        else:
+            entry_id, session_id = message.id, message.session_id
         self._watching.setdefault(entry_id, []).append(responder)
+        self._watched_sessions[entry_id] = session_id
 
     def _moved(self, job: Job) -> None:
         """A job whose lease was lost before it was answered: its clients wait for the
@@ -742,10 +749,28 @@ class Runtime:
         if job.lease is not None:
             job.lease.busy -= 1
         for responder in fanout.responders:
-            self._watch(job.inbox_id, responder)
+            self._watch(job, responder)
 
     async def _watch_answers(self) -> None:
-        """Hand the answers written by other replicas to the clients waiting here."""
+        """Hand the answers written by other replicas to the clients waiting here, until
+        `close`; those still waiting then hear that this replica stops (their message is
+        answered all the same: a retry with its key gets the answer)."""
+        try:
+            await self._pass_on_answers()
+        finally:
+            waiting, self._watching = self._watching, {}
+            for entry_id, responders in waiting.items():
+                stopped = Reply(
+                    message="This replica is stopping; your message is kept and answered by"
+                    " another one: retry with the same key to get the answer.",
+                    session_id=self._watched_sessions.get(entry_id, ""),
+                    turn_id="",
+                    error=ReplyError("stopped", f"message {entry_id} is answered elsewhere"),
+                )
+                for responder in responders:
+                    responder.reply(stopped)
+
+    async def _pass_on_answers(self) -> None:
         while True:
             with trio.move_on_after(WATCH_EVERY):
                 await self._answered_hint.wait()
@@ -763,6 +788,7 @@ class Runtime:
                 # The answer can overtake its last relayed progress: a stream gets the text
                 # it has not seen yet, so what it put together is the answer.
                 so_far = self._relayed.pop(entry.id, "")
+                self._watched_sessions.pop(entry.id, None)
                 rest = reply.message[len(so_far) :]
                 for responder in self._watching.pop(entry.id, []):
                     if reply.error is None and rest and reply.message.startswith(so_far):
@@ -786,7 +812,7 @@ class Runtime:
             return Accepted(entry.id, duplicate_of=replayed, repeat=True)
         waiting = self._waiting.get(entry.id)
         if waiting is None and self.leases is not None:
-            self._watch(entry.id, responder)  # under way on another replica
+            self._watch(entry, responder)  # under way on another replica
             return Accepted(entry.id, repeat=True)
         if waiting is None:
             raise Busy("that message is still being handled; retry shortly", retry_after=1.0)
