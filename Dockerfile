@@ -15,8 +15,11 @@ COPY pyproject.toml README.md /src/
 COPY actors /src/actors
 COPY adapters /src/adapters
 COPY runtime /src/runtime
+# psycopg[binary] is a wheel that brings its own libpq (and the libssl it uses), so the image
+# needs no libpq package for PostgreSQL; importing psycopg proves libpq loads.
 RUN python3 -m venv /opt/botcorebot \
  && /opt/botcorebot/bin/pip install --no-cache-dir /src \
+ && /opt/botcorebot/bin/python -c "import psycopg; print('psycopg', psycopg.__version__, psycopg.pq.__impl__, 'libpq', psycopg.pq.version())" \
  && rm -rf /src \
  && groupadd --gid 10001 bot \
  && useradd --no-log-init --no-create-home --uid 10001 --gid bot --home-dir /bot --shell /usr/sbin/nologin bot \
@@ -24,6 +27,10 @@ RUN python3 -m venv /opt/botcorebot \
 
 # The workspace (IDENTITY.md, SOUL.md, USER.md, engram.db, files) is the volume: mount the
 # bot's folder here. Keys and tokens come from the environment at `docker run` time.
+# DATABASE_URL=postgresql://USER@HOST:5432/DB (the password in PGPASSWORD, or in the URL)
+# puts the bot's data on PostgreSQL instead of engram.db: what replicas of one bot share
+# (examples/fleet/compose.yaml, docs/DEPLOY.md). The workspace volume still holds the
+# identity files and the bot's own files.
 ENV BOTCORE_WORKSPACE=/bot \
     HOME=/bot \
     HTTP_PORT=3000 \

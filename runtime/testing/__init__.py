@@ -2,6 +2,7 @@
 
 from typing import TYPE_CHECKING, Any
 
+from runtime.testing.balancer import Balancer, BalancerStatistics, open_balancer
 from runtime.testing.bot import (
     CrashOn,
     RunningBot,
@@ -54,6 +55,8 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "Balancer",
+    "BalancerStatistics",
     "BotProcess",
     "CrashOn",
     "CutStream",
@@ -74,6 +77,7 @@ __all__ = [
     "free_port",
     "local_config",
     "make_workspace",
+    "open_balancer",
     "open_local",
     "open_runtime",
     "serve_bot",
