@@ -385,7 +385,6 @@ def _run_serve(args: argparse.Namespace) -> int:
     if args.workers == 1:
         trio.run(_serve, config, args.supervisor_fd)
         return 0
-    _warn_pollers(host)
     policy = workers.WorkerPolicy(args.workers, stop_within=2 * process.shutdown_grace_seconds + 10)
     failed = trio.run(workers.supervise, _worker_command(args), policy)
     if failed is not None:
@@ -409,17 +408,6 @@ def _worker_command(args: argparse.Namespace) -> list[str]:
     if getattr(args, "port", None) is not None:
         command += ["--port", str(args.port)]
     return command
-
-
-def _warn_pollers(host: HostConfig) -> None:
-    for name, bot in host.bots.items():
-        if bot.telegram_bot_token and not bot.telegram_webhook_secret:
-            log.warning(
-                "bot %r polls Telegram: every worker polls, and Telegram refuses all pollers"
-                " of a token but one (409); use webhook mode (TELEGRAM_WEBHOOK_SECRET)"
-                " with --workers",
-                name,
-            )
 
 
 async def _serve(config: Config | HostConfig, supervisor_fd: int | None = None) -> None:
