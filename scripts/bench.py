@@ -1195,8 +1195,8 @@ def main() -> None:
     engines_cmd = commands.add_parser(
         "engines", help="per-message cost of PostgreSQL against SQLite at a paced load"
     )
-    engines_cmd.add_argument("--sessions", type=int, default=40)
-    engines_cmd.add_argument("--messages", type=int, default=25)
+    engines_cmd.add_argument("--sessions", type=int, default=10)
+    engines_cmd.add_argument("--messages", type=int, default=30)
     engines_cmd.add_argument("--think-ms", type=float, default=500.0)
     engines_cmd.add_argument("--delay-ms", type=float, default=0.0)
     engines_cmd.add_argument(
