@@ -13,7 +13,7 @@ from actors._errors import ActorCrashed, ActorError, ActorStopped, MailboxFull
 from actors._limiter import AdaptiveLimiter, LimiterStatistics, Slot
 from actors._mailbox import Mailbox, MailboxStatistics
 from actors._registry import Actor, Registry, RegistryStatistics
-from actors._supervisor import RestartPolicy
+from actors._supervisor import RestartPolicy, RestartWindow
 
 __all__ = [
     "Actor",
@@ -28,5 +28,6 @@ __all__ = [
     "Registry",
     "RegistryStatistics",
     "RestartPolicy",
+    "RestartWindow",
     "Slot",
 ]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hmac
 import math
+import socket
 from collections.abc import Awaitable, Callable, Iterable
 from ipaddress import ip_address
 from typing import Any
@@ -259,6 +260,7 @@ async def serve_http(
     *,
     graceful_timeout: float = 0.5,
     keep_alive_timeout: float = 5.0,
+    reuse_port: bool = False,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve `app` until `shutdown_trigger` returns; reports the bound addresses when ready.
@@ -267,10 +269,17 @@ async def serve_http(
     server, so what is left is writing finished responses. Hypercorn otherwise holds idle
     keep-alive connections open for the whole graceful period. `keep_alive_timeout` closes
     a connection that sent no new request for that long (and one that never finishes its
-    request headers: slow clients are bounded by it too).
+    request headers: slow clients are bounded by it too). With `reuse_port` the socket is
+    bound with `SO_REUSEPORT`, so that several processes listen on one port and the kernel
+    spreads the connections among them (`botcorebot serve --workers N`).
     """
     config = HypercornConfig()
-    config.bind = [f"{host}:{port}"]
+    if reuse_port:
+        # Hypercorn sets SO_REUSEPORT only for its own multi-process mode; it takes a socket
+        # of ours as `fd://N` (and owns it from then on).
+        config.bind = [f"fd://{reuse_port_socket(host, port).detach()}"]
+    else:
+        config.bind = [f"{host}:{port}"]
     config.graceful_timeout = graceful_timeout
     config.keep_alive_timeout = keep_alive_timeout
     # Hypercorn's default listen backlog (100) resets connections when a burst of clients
@@ -280,3 +289,20 @@ async def serve_http(
     config.errorlog = "-"
     config.loglevel = "WARNING"
     await serve(app, config, shutdown_trigger=shutdown_trigger, task_status=task_status)
+
+
+def reuse_port_socket(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to `host:port` with `SO_REUSEPORT`, as hypercorn binds its own
+    (`SO_REUSEADDR`, `TCP_NODELAY`); not yet listening. Raises `OSError` (`EADDRINUSE` when
+    a process without `SO_REUSEPORT`, or another user's, holds the port)."""
+    host = host.strip("[]")
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.bind((host, port))
+    except BaseException:
+        sock.close()
+        raise
+    return sock

@@ -34,6 +34,7 @@ from adapters import (
     TextDiscarded,
     ToolProgress,
 )
+from runtime import workers
 from runtime.botcore import Bot, BotCoreError, WorkspaceError
 from runtime.config import CONFIG_FILE, Config, ConfigError
 from runtime.host import HostConfig, load_host, serve
@@ -112,6 +113,16 @@ def _parser() -> argparse.ArgumentParser:
     serve_cmd.add_argument(
         "--port", type=int, default=argparse.SUPPRESS, help="HTTP port (HTTP_PORT, default 3000)"
     )
+    serve_cmd.add_argument(
+        "--workers",
+        type=_count,
+        default=1,
+        metavar="N",
+        help="N processes sharing the port (SO_REUSEPORT), supervised; needs PostgreSQL"
+        " (DATABASE_URL) when N > 1",
+    )
+    # How the supervisor of --workers starts each worker: its end of a socket pair.
+    serve_cmd.add_argument("--supervisor-fd", type=int, default=None, help=argparse.SUPPRESS)
     serve_cmd.set_defaults(run=_run_serve)
 
     chat_cmd = _command(commands, "chat", "talk to the bot in the terminal")
@@ -178,6 +189,16 @@ def _parser() -> argparse.ArgumentParser:
     restore.add_argument("change", type=int, metavar="ID")
     identity_cmd.set_defaults(run=_with_config(_identity))
     return parser
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
+    return value
 
 
 def _command(
@@ -348,13 +369,50 @@ def _run_serve(args: argparse.Namespace) -> int:
             environ["HTTP_PORT"] = str(args.port)
         config = load_host(environ, workspaces=workspaces, file=file)
         args.config = config.process
-    process = config.process if isinstance(config, HostConfig) else config
-    configure_logging(process.log_level, process.log_format, config.secrets)
-    trio.run(_serve, config)
+    host = config if isinstance(config, HostConfig) else HostConfig.single(config)
+    process = host.process
+    problem = workers.refusal(
+        args.workers,
+        [name for name, bot in host.bots.items() if not bot.database_url],
+        process.http_port,
+    )
+    if problem is not None:
+        raise CliError(problem)
+    if args.workers > 1:
+        workers.check_port(process.http_host, process.http_port)  # EADDRINUSE: said as usual
+    several = args.workers > 1 or args.supervisor_fd is not None
+    configure_logging(process.log_level, process.log_format, config.secrets, pid=several)
+    if args.workers == 1:
+        trio.run(_serve, config, args.supervisor_fd)
+        return 0
+    policy = workers.WorkerPolicy(args.workers, stop_within=2 * process.shutdown_grace_seconds + 10)
+    failed = trio.run(workers.supervise, _worker_command(args), policy)
+    if failed is not None:
+        print(f"botcorebot: {failed}", file=sys.stderr)
+        return 1
+    log.info("stopped %d workers", args.workers)
     return 0
 
 
-async def _serve(config: Config | HostConfig) -> None:
+def _worker_command(args: argparse.Namespace) -> list[str]:
+    """The `serve` command line of one worker: this one's bots and port, one process."""
+    command = [sys.executable, "-m", "runtime", "serve"]
+    workspaces: list[Path] = getattr(args, "workspaces", [])
+    file: Path | None = getattr(args, "host_file", None)
+    if file is not None:
+        command += ["--config", str(file.absolute())]
+    named = workspaces if file is not None or len(workspaces) > 1 else [args.workspace]
+    for workspace in named:
+        if workspace is not None:
+            command += ["--workspace", str(Path(workspace).absolute())]
+    if getattr(args, "port", None) is not None:
+        command += ["--port", str(args.port)]
+    return command
+
+
+async def _serve(config: Config | HostConfig, supervisor_fd: int | None = None) -> None:
+    """Serve until SIGTERM or SIGINT. As a worker of `serve --workers` (`supervisor_fd`):
+    the HTTP socket shares the port, and the supervisor hears `ready` and is watched."""
     shutdown = trio.Event()
     async with trio.open_nursery() as nursery:
 
@@ -365,9 +423,17 @@ async def _serve(config: Config | HostConfig) -> None:
                     shutdown.set()
                     return
 
+        async def run(task_status: trio.TaskStatus[list[str]]) -> None:
+            reuse_port = supervisor_fd is not None
+            await serve(config, shutdown, reuse_port=reuse_port, task_status=task_status)
+            nursery.cancel_scope.cancel()
+
         nursery.start_soon(watch_signals)
-        await serve(config, shutdown)
-        nursery.cancel_scope.cancel()
+        await nursery.start(run)
+        if supervisor_fd is not None:
+            supervisor = socket.socket(fileno=supervisor_fd)
+            stream = trio.SocketStream(trio.socket.from_stdlib_socket(supervisor))
+            nursery.start_soon(workers.report_to_supervisor, stream, shutdown)
     log.info("stopped")
 
 

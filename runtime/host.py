@@ -379,6 +379,7 @@ async def serve(
     config: Config | HostConfig,
     shutdown: trio.Event,
     *,
+    reuse_port: bool = False,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run the bots with their channels until `shutdown` is set, then drain and stop.
@@ -389,6 +390,9 @@ async def serve(
 
     Shutdown: intake stops (HTTP answers 503), queued messages stay in the inbox, turns in
     flight get `shutdown_grace_seconds` to finish, then the channels and the HTTP server stop.
+
+    `reuse_port`: the HTTP socket is bound with `SO_REUSEPORT`, shared with the other workers
+    of `serve --workers N` (`runtime.workers`).
     """
     host = config if isinstance(config, HostConfig) else HostConfig.single(config)
     process = host.process
@@ -446,7 +450,11 @@ async def serve(
             for each in hosted:
                 await nursery.start(_run_runtime, each)
             binds = await nursery.start(
-                partial(serve_http, keep_alive_timeout=process.http_keep_alive_seconds),
+                partial(
+                    serve_http,
+                    keep_alive_timeout=process.http_keep_alive_seconds,
+                    reuse_port=reuse_port,
+                ),
                 app,
                 process.http_host,
                 process.http_port,

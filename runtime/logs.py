@@ -78,6 +78,10 @@ class RedactSecrets(logging.Filter):
 
 
 class JsonFormatter(logging.Formatter):
+    def __init__(self, *, pid: bool = False) -> None:
+        super().__init__()
+        self._pid = pid
+
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, object] = {
             "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
@@ -86,6 +90,8 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
+        if self._pid:
+            entry["pid"] = record.process
         entry.update({k: v for k, v in record.__dict__.items() if k not in _STANDARD})
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
@@ -94,12 +100,19 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str, ensure_ascii=False)
 
 
-def configure_logging(level: str, format: str, secrets: Iterable[str | None]) -> None:
+def configure_logging(
+    level: str, format: str, secrets: Iterable[str | None], *, pid: bool = False
+) -> None:
+    """Log to stderr. `pid`: each line says its process (`serve --workers` shares one stderr
+    among the supervisor and its workers)."""
     handler = logging.StreamHandler(sys.stderr)
     if format == "json":
-        handler.setFormatter(JsonFormatter())
+        handler.setFormatter(JsonFormatter(pid=pid))
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+        where = " [%(process)d]" if pid else ""
+        handler.setFormatter(
+            logging.Formatter(f"%(asctime)s %(levelname)-7s{where} %(name)s: %(message)s")
+        )
     handler.addFilter(RedactSecrets(secrets))
     root = logging.getLogger()
     root.handlers[:] = [handler]

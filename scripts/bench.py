@@ -9,6 +9,8 @@ separate processes on 127.0.0.1, driven over HTTP with httpx2. Every loop is bou
     .venv/bin/python scripts/bench.py idle --sessions 10000
     .venv/bin/python scripts/bench.py memory --sizes 10000 100000 1000000
     .venv/bin/python scripts/bench.py tokens
+    .venv/bin/python scripts/bench.py workers --workers 1 2
+    .venv/bin/python scripts/bench.py engines
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -87,10 +89,15 @@ def fake_model(delay_ms: float) -> Iterator[str]:
 
 @contextmanager
 def runtime(
-    model_url: str | None, provider: str = "anthropic", prefill: int = 0, **env: str
+    model_url: str | None,
+    provider: str = "anthropic",
+    prefill: int = 0,
+    *,
+    serve_args: Sequence[str] = (),
+    **env: str,
 ) -> Iterator[tuple[subprocess.Popen[bytes], str, Path]]:
-    """`botcorebot serve` on a copy of the demo bot, which remembers `prefill` earlier
-    exchanges; yields (process, url, workspace)."""
+    """`botcorebot serve [serve_args]` on a copy of the demo bot, which remembers `prefill`
+    earlier exchanges; yields (process, url, workspace)."""
     workspace = Path(tempfile.mkdtemp(prefix="botcore-bench-")) / "bot"
     shutil.copytree(DEMO, workspace)
     if prefill:
@@ -118,13 +125,15 @@ def runtime(
             "ANTHROPIC_BASE_URL": model_url,
         }
     environ |= env
-    process = subprocess.Popen([sys.executable, "-m", "runtime", "serve"], cwd=ROOT, env=environ)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "runtime", "serve", *serve_args], cwd=ROOT, env=environ
+    )
     try:
         wait_port(port)
         yield process, f"http://127.0.0.1:{port}", workspace
     finally:
         process.terminate()
-        process.wait(30)
+        process.wait(60)
         shutil.rmtree(workspace.parent, ignore_errors=True)
 
 
@@ -539,7 +548,7 @@ def _first_200(model_url: str | None) -> float:
         raise RuntimeError("no 200 within 30 s")
     finally:
         process.terminate()
-        process.wait(30)
+        process.wait(60)
         shutil.rmtree(workspace.parent, ignore_errors=True)
 
 
@@ -869,6 +878,259 @@ def _chatter(rng: random.Random) -> str:
     return " ".join(rng.choices(_VOCABULARY[:400], k=rng.randint(40, 90)))
 
 
+# -- issue 14: worker processes, and the two storage engines -------------------------------
+
+
+@contextmanager
+def postgres_cluster() -> Iterator[tuple[str, Path]]:
+    """A throwaway PostgreSQL server on a Unix socket (`runtime.testing.postgres`): its URL
+    and folder; stopped and deleted afterwards."""
+    from runtime.testing import postgres
+
+    directory = Path(tempfile.mkdtemp(prefix="botcore-bench-pg-"))
+    try:
+        yield postgres.start(directory), directory
+    finally:
+        postgres.stop(directory)
+
+
+def process_tree(pid: int) -> list[int]:
+    """`pid` and its descendants alive now (bounded by what /proc lists)."""
+    found, todo = [], [pid]
+    while todo and len(found) < 10_000:
+        current = todo.pop()
+        found.append(current)
+        for task in Path(f"/proc/{current}/task").glob("*/children"):
+            todo += [int(child) for child in task.read_text().split()]
+    return found
+
+
+def tree_cpu(pid: int, *, reaped: bool = False) -> float:
+    """CPU seconds of a process and its live descendants; `reaped` adds what its children
+    that already exited used (PostgreSQL's short-lived workers)."""
+    total = 0.0
+    for member in process_tree(pid):
+        try:
+            fields = Path(f"/proc/{member}/stat").read_text().rsplit(")", 1)[1].split()
+        except FileNotFoundError:
+            continue
+        ticks = int(fields[11]) + int(fields[12])
+        if reaped and member == pid:
+            ticks += int(fields[13]) + int(fields[14])
+        total += ticks / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+def wait_listeners(port: int, count: int, within: float = 60.0) -> None:
+    """Until `count` sockets listen on `port` (each worker of `serve --workers` has one)."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        listening = 0
+        for table_path in ("/proc/net/tcp", "/proc/net/tcp6"):
+            for line in Path(table_path).read_text().splitlines()[1:]:
+                fields = line.split()
+                if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == "0A":
+                    listening += 1
+        if listening >= count:
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"fewer than {count} sockets listen on port {port} after {within}s")
+
+
+def order_violations_pg(url: str, texts: list[list[str]]) -> int:
+    """`order_violations` for a bot whose history is on PostgreSQL."""
+    import psycopg
+
+    bad = 0
+    with psycopg.connect(url) as db:
+        for n, sent in enumerate(texts):
+            stored = [
+                row[0]
+                for row in db.execute(
+                    "SELECT content FROM history WHERE session_key = %s AND role = 'user'"
+                    " ORDER BY id",
+                    (f"http:bench-{n}",),
+                )
+            ]
+            bad += stored != [text for text in sent if text in stored]
+    return bad
+
+
+def _measured(
+    args: argparse.Namespace,
+    url: str,
+    runtime_pid: int,
+    postgres_pid: int | None,
+    think: float,
+) -> dict[str, float]:
+    """Warm up, then drive the load; the figures of the measured part."""
+    offline = args.model == "offline"
+    trio.run(drive, url, 4, 2, [], [], "warmup", 0.0, not offline)
+    latencies: list[float] = []
+    errors: list[str] = []
+    cpu0 = tree_cpu(runtime_pid)
+    db0 = tree_cpu(postgres_pid, reaped=True) if postgres_pid else 0.0
+    load0 = time.process_time()
+    started = time.perf_counter()
+    trio.run(
+        drive, url, args.sessions, args.messages, latencies, errors, "bench", think, not offline
+    )
+    elapsed = time.perf_counter() - started
+    total = args.sessions * args.messages
+    for error in errors[:3]:
+        print("  error:", error, file=sys.stderr)
+    return {
+        "rate": total / elapsed,
+        "p50": percentile(latencies, 50),
+        "p99": percentile(latencies, 99),
+        "cpu": (tree_cpu(runtime_pid) - cpu0) / total,
+        "db": ((tree_cpu(postgres_pid, reaped=True) - db0) / total) if postgres_pid else 0.0,
+        "load": (time.process_time() - load0) / total,
+        "errors": len(errors),
+        "elapsed": elapsed,
+    }
+
+
+def _postmaster(directory: Path) -> int:
+    return int((directory / "data" / "postmaster.pid").read_text().split()[0])
+
+
+def _sent(args: argparse.Namespace) -> list[list[str]]:
+    return [[f"s{n} m{m}" for m in range(args.messages)] for n in range(args.sessions)]
+
+
+def _fleet_run(
+    args: argparse.Namespace,
+    workers: int,
+    database_url: str | None,
+    postgres_pid: int | None,
+    think: float,
+) -> dict[str, float]:
+    """One run: fresh fake model, fresh workspace (and schema), `serve --workers N`."""
+    env = {"DATABASE_URL": database_url} if database_url else {}
+    offline = args.model == "offline"
+    with (
+        fake_model(args.delay_ms) as model_url,
+        runtime(
+            None if offline else model_url,
+            args.model,
+            serve_args=["--workers", str(workers)],
+            **env,
+        ) as (process, url, workspace),
+    ):
+        wait_listeners(int(url.rsplit(":", 1)[1]), workers)
+        figures = _measured(args, url, process.pid, postgres_pid, think)
+        if database_url:
+            figures["violations"] = order_violations_pg(database_url, _sent(args))
+        else:
+            figures["violations"] = order_violations(workspace, _sent(args))
+    return figures
+
+
+def _median_row(runs: list[dict[str, float]]) -> dict[str, float]:
+    return {key: statistics.median(run[key] for run in runs) for key in runs[0]}
+
+
+def workers(args: argparse.Namespace) -> None:
+    """Throughput of `serve --workers N` for each N on one PostgreSQL, closed loop.
+
+    Runs alternate between the worker counts (1, 2, 1, 2, ...) so that the machine's other
+    load drifts over both alike; each run has a fresh schema, workspace and fake model."""
+    from runtime.testing import postgres
+
+    runs: dict[int, list[dict[str, float]]] = {n: [] for n in args.workers}
+    with postgres_cluster() as (server, directory):
+        postmaster = _postmaster(directory)
+        for run in range(args.repeat):
+            for n in args.workers:
+                schema = postgres.new_schema(server)
+                figures = _fleet_run(args, n, schema, postmaster, 0.0)
+                postgres.drop_schema(schema)
+                runs[n].append(figures)
+                print(
+                    f"  run {run + 1}, {n} worker(s): {figures['rate']:.0f} msg/s,"
+                    f" runtime {figures['cpu'] * 1000:.2f} ms CPU/msg",
+                    flush=True,
+                )
+    medians = {n: _median_row(r) for n, r in runs.items()}
+    base = medians[args.workers[0]]["rate"]
+    rows = []
+    for n, median in medians.items():
+        rates = ", ".join(f"{run['rate']:.0f}" for run in runs[n])
+        rows += [
+            (f"{n} worker(s): messages/s", f"{median['rate']:.0f} (runs: {rates})"),
+            (f"{n} worker(s): vs {args.workers[0]}", f"{median['rate'] / base:.2f}x"),
+            (
+                f"{n} worker(s): latency p50 / p99",
+                f"{median['p50'] * 1000:.0f} / {median['p99'] * 1000:.0f} ms",
+            ),
+            (
+                f"{n} worker(s): CPU ms/msg runtime / PostgreSQL / load+model",
+                f"{median['cpu'] * 1000:.2f} / {median['db'] * 1000:.2f} /"
+                f" {median['load'] * 1000:.2f} (load generator only)",
+            ),
+            (
+                f"{n} worker(s): errors, order violations (all runs)",
+                f"{sum(int(run['errors']) for run in runs[n])},"
+                f" {sum(int(run['violations']) for run in runs[n])}",
+            ),
+        ]
+    table(
+        f"workers: {args.sessions} sessions x {args.messages} messages, {args.model},"
+        f" model delay {args.delay_ms:g} ms, PostgreSQL, median of {args.repeat}",
+        rows,
+    )
+
+
+def engines(args: argparse.Namespace) -> None:
+    """Per-message cost of the two storage engines at one fixed, paced load (1 worker).
+
+    The runtime's CPU per message is read from /proc over the measured messages; on
+    PostgreSQL the server's own CPU (its backends, reaped workers) is counted apart."""
+    from runtime.testing import postgres
+
+    think = args.think_ms / 1000
+    runs: dict[str, list[dict[str, float]]] = {"sqlite": [], "postgresql": []}
+    with postgres_cluster() as (server, directory):
+        postmaster = _postmaster(directory)
+        for run in range(args.repeat):
+            for engine in runs:
+                schema = postgres.new_schema(server) if engine == "postgresql" else None
+                figures = _fleet_run(args, 1, schema, postmaster if schema else None, think)
+                if schema:
+                    postgres.drop_schema(schema)
+                runs[engine].append(figures)
+                print(
+                    f"  run {run + 1}, {engine}: {figures['rate']:.0f} msg/s,"
+                    f" runtime {figures['cpu'] * 1000:.2f} ms CPU/msg,"
+                    f" p99 {figures['p99'] * 1000:.0f} ms",
+                    flush=True,
+                )
+    rows = []
+    for engine, engine_runs in runs.items():
+        median = _median_row(engine_runs)
+        cpus = ", ".join(f"{run['cpu'] * 1000:.2f}" for run in engine_runs)
+        rows += [
+            (f"{engine}: messages/s (paced)", f"{median['rate']:.0f}"),
+            (f"{engine}: runtime CPU ms/msg", f"{median['cpu'] * 1000:.2f} (runs: {cpus})"),
+            (f"{engine}: database server CPU ms/msg", f"{median['db'] * 1000:.2f}"),
+            (
+                f"{engine}: latency p50 / p99",
+                f"{median['p50'] * 1000:.1f} / {median['p99'] * 1000:.1f} ms",
+            ),
+            (
+                f"{engine}: errors, order violations (all runs)",
+                f"{sum(int(r['errors']) for r in engine_runs)},"
+                f" {sum(int(r['violations']) for r in engine_runs)}",
+            ),
+        ]
+    table(
+        f"engines: {args.sessions} sessions x {args.messages} messages, {args.think_ms:g} ms"
+        f" think time, {args.model}, model delay {args.delay_ms:g} ms, median of {args.repeat}",
+        rows,
+    )
+
+
 def table(title: str, rows: list[tuple[str, str]]) -> None:
     width = max(len(name) for name, _ in rows)
     print(f"\n{title}")
@@ -932,6 +1194,28 @@ def main() -> None:
     )
     tokens_cmd = commands.add_parser("tokens", help="prompt tokens over a 50-turn conversation")
     tokens_cmd.add_argument("--budget", type=int, default=2000)
+    workers_cmd = commands.add_parser(
+        "workers", help="throughput of serve --workers 1 against 2 on PostgreSQL"
+    )
+    workers_cmd.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    workers_cmd.add_argument("--sessions", type=int, default=100)
+    workers_cmd.add_argument("--messages", type=int, default=20)
+    workers_cmd.add_argument("--delay-ms", type=float, default=0.0)
+    workers_cmd.add_argument(
+        "--model", choices=["anthropic", "openai", "offline"], default="anthropic"
+    )
+    workers_cmd.add_argument("--repeat", type=int, default=3, help="runs; figures are medians")
+    engines_cmd = commands.add_parser(
+        "engines", help="per-message cost of PostgreSQL against SQLite at a paced load"
+    )
+    engines_cmd.add_argument("--sessions", type=int, default=10)
+    engines_cmd.add_argument("--messages", type=int, default=30)
+    engines_cmd.add_argument("--think-ms", type=float, default=500.0)
+    engines_cmd.add_argument("--delay-ms", type=float, default=0.0)
+    engines_cmd.add_argument(
+        "--model", choices=["anthropic", "openai", "offline"], default="anthropic"
+    )
+    engines_cmd.add_argument("--repeat", type=int, default=3, help="runs; figures are medians")
     args = parser.parse_args()
     commands_by_name = {
         "load": load,
@@ -941,6 +1225,8 @@ def main() -> None:
         "memory": memory,
         "recall-quality": recall_quality,
         "tokens": tokens,
+        "workers": workers,
+        "engines": engines,
     }
     commands_by_name[args.command](args)
 

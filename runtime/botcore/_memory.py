@@ -281,10 +281,7 @@ class MemoryStore:
                 attrs.evolve(m, confidence=_coverage(terms, m.content))
                 for m in (_memory(row, at) for row in best)
             ]
-            db.executemany(
-                "UPDATE memories SET accessed_at = ?, access_count = access_count + 1 WHERE id = ?",
-                [(at, m.id) for m in found],
-            )
+            _count_access(db, sorted(m.id for m in found), at)
             return found
 
         return await self._db.run(search)
@@ -674,3 +671,21 @@ def _past(today: dt.date, month: int, day: int) -> dt.date | None:
         if date <= today:
             return date
     return None
+
+
+def _count_access(db: Connection, ids: list[int], at: float) -> None:
+    """Count a recall of the memories `ids`. On PostgreSQL a row that another transaction
+    holds is skipped rather than waited for: the counts are bookkeeping, and each batch of
+    calls is one transaction, so concurrent recalls updating the same memories in their own
+    orders deadlocked (and held up every call queued behind them, lease renewals too)."""
+    if db.dialect == "postgresql":
+        db.execute(
+            "UPDATE memories SET accessed_at = ?, access_count = access_count + 1 WHERE id IN"
+            " (SELECT id FROM memories WHERE id = ANY(?) ORDER BY id FOR UPDATE SKIP LOCKED)",
+            (at, ids),
+        )
+        return
+    db.executemany(
+        "UPDATE memories SET accessed_at = ?, access_count = access_count + 1 WHERE id = ?",
+        [(at, memory_id) for memory_id in ids],
+    )

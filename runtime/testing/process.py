@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -42,6 +43,16 @@ class BotProcess:
     @property
     def log(self) -> str:
         return self.stderr.decode(errors="replace")
+
+    async def wait_for_log(
+        self, pattern: str, *, within: float = 30.0, after: int = 0
+    ) -> re.Match[str]:
+        """The first match of `pattern` in the log from character `after` on, once it is
+        there; `trio.TooSlowError` after `within` seconds."""
+        with trio.fail_after(within):
+            while (found := re.compile(pattern).search(self.log, after)) is None:  # noqa: ASYNC110
+                await trio.sleep(0.05)
+        return found
 
 
 _KEYS = (
@@ -85,7 +96,12 @@ async def bot_process(
             nursery.start_soon(collect)
             running = BotProcess(process, url, stderr)
             await _wait_ready(running, ready_within)
-            yield running
+            try:
+                yield running
+            except BaseException:
+                # What the server said, beside the test's failure (pytest shows it).
+                print(running.log[-20_000:], file=sys.stderr)
+                raise
             if process.returncode is None:
                 process.kill()
             await process.wait()

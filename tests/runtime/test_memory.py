@@ -304,3 +304,25 @@ async def test_two_consolidations_at_once_fold_each_episode_once(bot: Bot) -> No
         nursery.start_soon(consolidate, bot.db, RetentionPolicy(), slow_model)
         nursery.start_soon(consolidate, bot.db, RetentionPolicy(), slow_model)
     assert [m.content for m in await bot.memory.export()] == ["summary number 1 of the facts"]
+
+
+async def test_concurrent_recalls_of_the_same_memories_never_fail(bot: Bot) -> None:
+    """Each recall counts its uses; on PostgreSQL, concurrent batches counting the same rows
+    in their own orders deadlocked (`DeadlockDetected` for one of them)."""
+    words = ["garden", "budget", "holiday", "boiler", "piano", "wedding", "dentist", "roof"]
+    for n in range(40):
+        await bot.memory.store(f"note {n}: {words[n % 8]} {words[(n * 3) % 8]} {words[n // 5]}")
+    failures: list[BaseException] = []
+
+    async def recall(n: int) -> None:
+        for round_ in range(5):
+            try:
+                await bot.memory.recall(f"{words[(n + round_) % 8]} {words[(n * 5) % 8]}", limit=10)
+            except Exception as exc:
+                failures.append(exc)
+
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            for n in range(24):
+                nursery.start_soon(recall, n)
+    assert failures == []
