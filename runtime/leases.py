@@ -77,7 +77,8 @@ class Lease:
         for scope in self._scopes:
             scope.deadline = deadline
 
-    def _lose(self) -> None:
+    def lose(self) -> None:
+        """This replica no longer holds the session: what runs under the lease stops."""
         self.lost = True
         for scope in self._scopes:
             scope.cancel()
@@ -99,7 +100,6 @@ class SessionLeases:
         self.seconds = seconds
         self.margin = min(margin, seconds / 2)
         self._held: dict[str, Lease] = {}
-        self.on_lost: Callable[[Lease], None] = lambda lease: None
 
     def statistics(self) -> int:
         """How many leases this replica holds now."""
@@ -141,8 +141,7 @@ class SessionLeases:
         )
         old = self._held.get(key)
         if old is not None and not old.lost:
-            old._lose()  # our own earlier hold lapsed: what ran under it is fenced out
-            self.on_lost(old)
+            old.lose()  # our own earlier hold lapsed: what ran under it is fenced out
         self._held[key] = lease
         return lease
 
@@ -183,7 +182,7 @@ class SessionLeases:
 
         try:
             with trio.fail_after(self.seconds / 2):
-                kept = await self._db.run(renew)
+                kept = await self._db.run(renew, urgent=True)
         except Exception as exc:
             # The deadlines stay where they are: the turns stop before the leases lapse.
             log.warning("could not renew %d session lease(s): %s", len(leases), exc)
@@ -213,16 +212,14 @@ class SessionLeases:
                 )
 
         try:
-            await self._db.run(release)
+            await self._db.run(release, urgent=True)
         except Exception as exc:
             log.warning("could not give back %d session lease(s): %s", len(pairs), exc)
 
     def _drop(self, lease: Lease) -> None:
         if self._held.get(lease.key) is lease:
             del self._held[lease.key]
-        if not lease.lost:
-            lease._lose()
-            self.on_lost(lease)
+        lease.lose()
 
 
 class Leadership:

@@ -213,7 +213,9 @@ class _Session:
                 with scope:
                     await self._turns.handle(message)
             except LeaseLost as exc:
+                # The database said so before the renewal did: no later job runs under it.
                 log.warning("%s; its message %d is left to that replica", exc, message.inbox_id)
+                lease.lose()
             finally:
                 lease.done(scope)
             if lease.lost or scope.cancelled_caught:

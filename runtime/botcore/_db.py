@@ -229,7 +229,8 @@ class Engine(Protocol):
 
     dialect: Dialect
     parallel: int
-    """How many batches may run at once (each in its own thread and transaction)."""
+    """How many batches may run at once (each in its own thread and transaction); an engine
+    of more than one has one more connection, for urgent calls."""
     errors: tuple[type[BaseException], ...]
     """The engine's own errors: what a health check or `doctor` reports as a database fault."""
 
@@ -261,6 +262,8 @@ class Database:
         self._engine = engine
         self._threads = trio.CapacityLimiter(engine.parallel)
         self._slots = trio.Semaphore(engine.parallel)
+        # An engine with a connection to spare gives urgent calls a lane of their own.
+        self._urgent = trio.CapacityLimiter(1) if engine.parallel > 1 else self._threads
         self._queue: trio.MemorySendChannel[_Call[Any]] | None = None
         self.dialect: Dialect = engine.dialect
         self.errors = engine.errors
@@ -290,11 +293,16 @@ class Database:
     def engine(self) -> Engine:
         return self._engine
 
-    async def run(self, call: Callable[[Connection], T]) -> T:
+    async def run(self, call: Callable[[Connection], T], *, urgent: bool = False) -> T:
         """Run `call(connection)` in a worker thread inside a transaction; return once it is
-        committed."""
+        committed. An `urgent` call (a lease's renewal) does not queue behind the batches: on
+        PostgreSQL it has a thread and a connection of its own."""
         pending = _Call(call)
-        if self._queue is None:
+        if urgent:
+            await trio.to_thread.run_sync(self._engine.execute, [pending], limiter=self._urgent)
+            self.calls += 1
+            self.commits += 1
+        elif self._queue is None:
             await trio.to_thread.run_sync(self._engine.execute, [pending], limiter=self._threads)
             self.calls += 1
             self.commits += 1

@@ -13,7 +13,9 @@ its `options=-csearch_path%3Dbot_name` (the schema is created when missing).
 from __future__ import annotations
 
 import functools
+import logging
 import threading
+import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -26,8 +28,11 @@ from runtime.botcore._db import Cursor, Dialect, _Call, describe
 
 LISTEN_TICK = 0.5
 """How often a listening thread looks whether it should stop."""
+log = logging.getLogger("runtime.botcore.postgres")
+
 POOL_SIZE = 4
-"""Connections, and so batches at once, per database in one process."""
+"""Batches at once per database in one process, each on a connection of its own (the pool
+has one more, for urgent calls)."""
 CONNECT_TIMEOUT = 10.0
 
 # Applied in order under an advisory lock (replicas may start together); `schema_version`
@@ -153,6 +158,10 @@ _SCHEMA = [
     """,
 ]
 
+_RETRIED = (psycopg.errors.DeadlockDetected, psycopg.errors.LockNotAvailable)
+"""Failures of a call that concurrent transactions cause: it is run again (`_ATTEMPTS`)."""
+_ATTEMPTS = 3
+
 _MIGRATION_LOCK = 0x626F74636F7265  # "botcore": one replica migrates, the others wait
 
 
@@ -216,7 +225,7 @@ class PostgresEngine:
         pool = psycopg_pool.ConnectionPool(
             url,
             min_size=1,
-            max_size=POOL_SIZE,
+            max_size=POOL_SIZE + 1,  # one for the urgent calls (`Database.run`)
             open=False,
             timeout=CONNECT_TIMEOUT,
             kwargs={"connect_timeout": int(CONNECT_TIMEOUT)},
@@ -237,18 +246,26 @@ class PostgresEngine:
             with self._pool.connection() as connection:
                 db = _PostgresConnection(connection)
                 for pending in batch:
-                    connection.execute("SAVEPOINT call")
-                    try:
-                        value = pending.call(db)
-                    except BaseException as exc:  # handed to its caller by `outcome`
-                        pending.result = outcome.Error(exc)
-                        if connection.closed or connection.broken:
-                            raise
-                        connection.execute("ROLLBACK TO SAVEPOINT call")
-                    else:
-                        connection.execute("RELEASE SAVEPOINT call")
-                        pending.result = outcome.Value(value)
-                        uncommitted.append(pending)
+                    for attempt in range(1, _ATTEMPTS + 1):
+                        connection.execute("SAVEPOINT call")
+                        try:
+                            value = pending.call(db)
+                        except BaseException as exc:  # handed to its caller by `outcome`
+                            pending.result = outcome.Error(exc)
+                            if connection.closed or connection.broken:
+                                raise
+                            connection.execute("ROLLBACK TO SAVEPOINT call")
+                            if isinstance(exc, _RETRIED) and attempt < _ATTEMPTS:
+                                # Its locks are released with the savepoint; the other
+                                # transaction goes on, and the call runs again after it.
+                                log.info("database call retried after %s", type(exc).__name__)
+                                time.sleep(0.01 * attempt)
+                                continue
+                        else:
+                            connection.execute("RELEASE SAVEPOINT call")
+                            pending.result = outcome.Value(value)
+                            uncommitted.append(pending)
+                        break
                 connection.commit()
         except BaseException as exc:
             # The connection or the transaction failed (the server went away, COMMIT was

@@ -188,3 +188,31 @@ async def test_a_lost_server_connection_fails_the_calls_under_way_and_the_next_o
     assert await db.run(lambda c: c.execute("SELECT n FROM t").fetchall()) == [(1,)]
     await db.aclose()
     drop_schema(url)
+
+
+async def test_two_calls_caught_in_a_deadlock_both_succeed(postgres_server: str) -> None:
+    from runtime.testing.postgres import drop_schema, new_schema
+
+    url = new_schema(postgres_server)
+    db = await Database.open(url)
+    await db.run(lambda c: c.execute("CREATE TABLE t (n INTEGER PRIMARY KEY, v INTEGER)"))
+    await db.run(lambda c: c.execute("INSERT INTO t VALUES (1, 0), (2, 0)"))
+
+    def update(first: int, second: int) -> Callable[[Connection], None]:
+        def call(c: Connection) -> None:  # the two rows, in opposite orders
+            c.execute("UPDATE t SET v = v + 1 WHERE n = ?", (first,))
+            c.execute("SELECT pg_sleep(0.3)")
+            c.execute("UPDATE t SET v = v + 1 WHERE n = ?", (second,))
+
+        return call
+
+    with trio.fail_after(30):
+        async with trio.open_nursery() as callers:  # unbatched: two transactions at once
+            callers.start_soon(db.run, update(1, 2))
+            callers.start_soon(db.run, update(2, 1))
+    assert await db.run(lambda c: c.execute("SELECT n, v FROM t ORDER BY n").fetchall()) == [
+        (1, 2),
+        (2, 2),
+    ]
+    await db.aclose()
+    drop_schema(url)
