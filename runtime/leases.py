@@ -143,6 +143,7 @@ class SessionLeases:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Renew the leases in use, give back idle ones, and drop the lost, until cancelled;
         then give every lease back, so another replica need not wait for them to lapse."""
+        log.info("holding session leases as owner %s (%gs each)", self.owner, self.seconds)
         task_status.started()
         try:
             while True:
