@@ -93,8 +93,34 @@ class Inbox:
         """Forget a message that was refused after all (its session's mailbox was full)."""
         await self._db.run(lambda db: db.execute("DELETE FROM inbox WHERE id = ?", (entry_id,)))
 
-    async def processing(self, entry_id: int) -> None:
-        await self._set_state(entry_id, "processing")
+    async def processing(self, entry_id: int, *, lease: Lease | None = None) -> None:
+        """Mark a message as being handled; an answered one stays answered. Under a `lease`,
+        only while the lease holds and the message is not answered yet: otherwise
+        `LeaseLost`, and the turn does not start (another replica has the session, or a
+        stale take-up queued a message this replica answered meanwhile)."""
+        now = time.time()
+
+        def mark(db: Connection) -> None:
+            if lease is None:
+                db.execute(
+                    "UPDATE inbox SET state = 'processing', updated_at = ?"
+                    " WHERE id = ? AND state IN ('received', 'processing')",
+                    (now, entry_id),
+                )
+                return
+            changed = db.execute(
+                "UPDATE inbox SET state = 'processing', updated_at = ?"
+                " WHERE id = ? AND state IN ('received', 'processing')"
+                f" AND {fence_sql(db)}",
+                (now, entry_id, lease.key, lease.owner, lease.epoch),
+            ).rowcount
+            if changed != 1:
+                raise LeaseLost(
+                    f"message {entry_id} is answered already or session {lease.key} is no"
+                    f" longer this replica's (epoch {lease.epoch})"
+                )
+
+        await self._db.run(mark)
 
     async def complete(
         self,

@@ -160,14 +160,16 @@ class _Session:
                 await self._turns.handle(message)
                 return
             scope = lease.scope()
+            refused = False
             try:
                 with scope:
                     await self._turns.handle(message)
             except LeaseLost as exc:
+                refused = True
                 log.warning("%s; its message %d is left to that replica", exc, message.inbox_id)
             finally:
                 lease.done(scope)
-            if lease.lost or scope.cancelled_caught:
+            if refused or lease.lost or scope.cancelled_caught:
                 self._moved(message)
             return
         forgotten = await self._history.clear(self._key)
