@@ -283,14 +283,22 @@ class Database:
     async def run(self, call: Callable[[Connection], T]) -> T:
         """Run `call(connection)` in a worker thread inside a transaction; return once it is
         committed."""
-        pending = _Call(call)
         if self._queue is None:
-            await trio.to_thread.run_sync(self._engine.execute, [pending], limiter=self._threads)
-            self.calls += 1
-            self.commits += 1
-        else:
-            self._queue.send_nowait(pending)
-            await pending.done.wait()
+            return await self.run_alone(call)
+        pending = _Call(call)
+        self._queue.send_nowait(pending)
+        await pending.done.wait()
+        assert pending.result is not None
+        return pending.result.unwrap()
+
+    async def run_alone(self, call: Callable[[Connection], T]) -> T:
+        """Run `call(connection)` in a transaction of its own, never in a batch: for a short
+        write of rows other processes wait on (session leases), whose locks a batch would
+        hold until its last call is done, and take while holding others' (a deadlock)."""
+        pending = _Call(call)
+        await trio.to_thread.run_sync(self._engine.execute, [pending], limiter=self._threads)
+        self.calls += 1
+        self.commits += 1
         assert pending.result is not None
         return pending.result.unwrap()
 
