@@ -281,10 +281,22 @@ class MemoryStore:
                 attrs.evolve(m, confidence=_coverage(terms, m.content))
                 for m in (_memory(row, at) for row in best)
             ]
-            db.executemany(
-                "UPDATE memories SET accessed_at = ?, access_count = access_count + 1 WHERE id = ?",
-                [(at, m.id) for m in found],
-            )
+            if db.dialect == "postgresql":
+                # Replicas recall the same memories at once, each in batches of its own: a use
+                # another transaction is counting right now is skipped, not waited for
+                # (batches waiting on each other's rows deadlock).
+                db.execute(
+                    "UPDATE memories SET accessed_at = ?, access_count = access_count + 1"
+                    " WHERE id IN (SELECT id FROM memories WHERE id = ANY(?)"
+                    " FOR UPDATE SKIP LOCKED)",
+                    (at, [m.id for m in found]),
+                )
+            else:
+                db.executemany(
+                    "UPDATE memories SET accessed_at = ?, access_count = access_count + 1"
+                    " WHERE id = ?",
+                    [(at, m.id) for m in found],
+                )
             return found
 
         return await self._db.run(search)
