@@ -505,18 +505,27 @@ class Runtime:
         task_status.started()
         while True:
             try:
-                for channel, session_id, ids in await self.inbox.waiting_sessions(owner):
-                    if all(entry_id in self._waiting for entry_id in ids):
-                        continue
-                    try:
-                        await self._take_up(f"{channel}:{session_id}", {})
-                    except MailboxFull:
-                        continue  # its session is busy here: the next pass
-            except (ActorStopped, trio.ClosedResourceError):
-                return
+                waiting = await self.inbox.waiting_sessions(owner)
             except Exception:
-                log.exception("taking up waiting sessions failed; trying again")
+                log.exception("looking for waiting sessions failed; trying again")
+                waiting = []
+            # All at once: one by one, a dead replica's sessions would each wait for the
+            # round trips of those before them.
+            async with trio.open_nursery() as nursery:
+                for channel, session_id, ids in waiting:
+                    if not all(entry_id in self._waiting for entry_id in ids):
+                        nursery.start_soon(self._take_up_waiting, f"{channel}:{session_id}")
             await trio.sleep(CLAIM_EVERY)
+
+    async def _take_up_waiting(self, session_key: str) -> None:
+        try:
+            await self._take_up(session_key, {})
+        except MailboxFull:
+            pass  # its session is busy here: the next pass
+        except (ActorStopped, trio.ClosedResourceError):
+            pass  # closing: `close` cancels the claims
+        except Exception:
+            log.exception("taking up session %s failed; trying again", session_key)
 
     def _watch(self, entry_id: int, responder: Responder) -> None:
         self._watching.setdefault(entry_id, []).append(responder)
