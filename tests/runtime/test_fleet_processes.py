@@ -219,6 +219,8 @@ async def test_kill_9_one_of_3_replicas_10_times_under_load_loses_and_repeats_no
 
             async def session(s: int) -> None:
                 name = f"s{s}"
+                # Sessions come and go at their own pace, not all in the same millisecond.
+                await trio.sleep(rng.uniform(0, THINK / 2))
                 for m in range(MAX_MESSAGES):
                     if m >= MIN_MESSAGES and last_kill_done.is_set():
                         return
@@ -284,6 +286,7 @@ async def test_kill_9_one_of_3_replicas_10_times_under_load_loses_and_repeats_no
                 async with trio.open_nursery() as load:
                     for s in range(SESSIONS):
                         load.start_soon(session, s)
+                    await trio.sleep(THINK / 2)  # every session has started
                     for k in range(KILLS):
                         await trio.sleep(rng.uniform(0.5, 2.5))  # a random moment
                         await kill(k)
