@@ -55,6 +55,10 @@ class InboxEntry:
         return f"{self.channel}:{self.session_id}"
 
 
+class Answered(Exception):
+    """The message was answered already: its turn is not run again."""
+
+
 @attrs.frozen
 class WaitingSession:
     """A session with messages to answer that no other replica holds."""
@@ -63,7 +67,10 @@ class WaitingSession:
     ids: tuple[int, ...]
     """Its unanswered messages, oldest first."""
     ours: bool
-    """Whether this replica holds it already."""
+    """Whether this replica holds it already (or held it last)."""
+    lapsed: bool = False
+    """Whether another replica held it and stopped renewing (died, paused, cut off): not
+    given back, which would have expired it at 0."""
 
 
 class Inbox:
@@ -115,8 +122,38 @@ class Inbox:
         """Forget a message that was refused after all (its session's mailbox was full)."""
         await self._db.run(lambda db: db.execute("DELETE FROM inbox WHERE id = ?", (entry_id,)))
 
-    async def processing(self, entry_id: int) -> None:
-        await self._set_state(entry_id, "processing")
+    async def processing(self, entry_id: int, *, lease: Lease | None = None) -> None:
+        """Mark a message as being handled; an answered one stays answered. Under a `lease`,
+        only while the lease holds (else `LeaseLost`: another replica has the session) and
+        while the message is not answered (else `Answered`: a stale take-up queued a message
+        answered meanwhile); either way the turn does not start."""
+        now = time.time()
+
+        def mark(db: Connection) -> None:
+            if lease is None:
+                db.execute(
+                    "UPDATE inbox SET state = 'processing', updated_at = ?"
+                    " WHERE id = ? AND state IN ('received', 'processing')",
+                    (now, entry_id),
+                )
+                return
+            row = db.execute(
+                f"SELECT state FROM inbox WHERE id = ? AND {fence_sql(db)}",
+                (entry_id, lease.key, lease.owner, lease.epoch),
+            ).fetchone()
+            if row is None:
+                raise LeaseLost(
+                    f"session {lease.key} is no longer this replica's (epoch {lease.epoch})"
+                )
+            if row[0] not in ("received", "processing"):
+                raise Answered(f"message {entry_id} is answered already")
+            db.execute(
+                "UPDATE inbox SET state = 'processing', updated_at = ?"
+                " WHERE id = ? AND state IN ('received', 'processing')",
+                (now, entry_id),
+            )
+
+        await self._db.run(mark)
 
     async def complete(
         self,
@@ -248,21 +285,22 @@ class Inbox:
     async def waiting_sessions(self, owner: str, limit: int = 100) -> list[WaitingSession]:
         """Sessions with messages not answered yet that no other replica holds (`owner` is
         this one), the longest waiting first."""
+        now = DATABASE_NOW
         rows = await self._db.run(
             lambda db: db.execute(
                 "SELECT i.channel, i.session_id, array_agg(i.id ORDER BY i.id),"
-                " coalesce(bool_or(l.owner = ?), false) FROM inbox i"
+                " coalesce(bool_or(l.owner = ?), false),"
+                f" coalesce(bool_or(l.owner <> ? AND l.expires_at > 0), false) FROM inbox i"
                 " LEFT JOIN session_leases l ON l.session_key = i.channel || ':' || i.session_id"
-                f" AND l.expires_at > {DATABASE_NOW}"
                 " WHERE i.state IN ('received', 'processing')"
-                " AND (l.session_key IS NULL OR l.owner = ?)"
+                f" AND (l.session_key IS NULL OR l.owner = ? OR l.expires_at <= {now})"
                 " GROUP BY i.channel, i.session_id ORDER BY min(i.id) LIMIT ?",
-                (owner, owner, limit),
+                (owner, owner, owner, limit),
             ).fetchall()
         )
         return [
-            WaitingSession(f"{channel}:{session}", tuple(ids), bool(mine))
-            for channel, session, ids, mine in rows
+            WaitingSession(f"{channel}:{session}", tuple(ids), bool(ours), bool(lapsed))
+            for channel, session, ids, ours, lapsed in rows
         ]
 
     async def unfinished_of(self, channel: str, session_id: str) -> list[InboxEntry]:

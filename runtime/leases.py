@@ -122,18 +122,27 @@ class SessionLeases:
         seconds, owner = self.seconds, self.owner
 
         def take(db: Connection) -> int | None:
+            # Not one INSERT ... ON CONFLICT DO UPDATE ... WHERE: that locks the row even when
+            # another replica holds it, until this call's whole batch commits, and the
+            # holder's renewal (and whatever waits on it) queues behind. An UPDATE skips a
+            # row its WHERE does not match without locking it.
             row = db.execute(
-                "INSERT INTO session_leases AS l (session_key, owner, epoch, expires_at)"
+                "INSERT INTO session_leases (session_key, owner, epoch, expires_at)"
                 f" VALUES (?, ?, 1, {DATABASE_NOW} + ?)"
-                " ON CONFLICT (session_key) DO UPDATE SET owner = excluded.owner,"
-                " epoch = l.epoch + 1, expires_at = excluded.expires_at"
-                f" WHERE l.expires_at < {DATABASE_NOW} OR l.owner = excluded.owner"
-                " RETURNING epoch",
+                " ON CONFLICT (session_key) DO NOTHING RETURNING epoch",
                 (key, owner, seconds),
             ).fetchone()
+            if row is None:
+                row = db.execute(
+                    "UPDATE session_leases SET owner = ?, epoch = epoch + 1,"
+                    f" expires_at = {DATABASE_NOW} + ?"
+                    f" WHERE session_key = ? AND (expires_at < {DATABASE_NOW} OR owner = ?)"
+                    " RETURNING epoch",
+                    (owner, seconds, key, owner),
+                ).fetchone()
             return None if row is None else int(row[0])
 
-        epoch = await self._db.run(take)
+        epoch = await self._db.run_alone(take)
         if epoch is None:
             return None
         lease = Lease(
@@ -148,6 +157,7 @@ class SessionLeases:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Renew the leases in use, give back idle ones, and drop the lost, until cancelled;
         then give every lease back, so another replica need not wait for them to lapse."""
+        log.info("holding session leases as owner %s (%gs each)", self.owner, self.seconds)
         task_status.started()
         try:
             while True:
@@ -182,7 +192,7 @@ class SessionLeases:
 
         try:
             with trio.fail_after(self.seconds / 2):
-                kept = await self._db.run(renew, urgent=True)
+                kept = await self._db.run_alone(renew, urgent=True)
         except Exception as exc:
             # The deadlines stay where they are: the turns stop before the leases lapse.
             log.warning("could not renew %d session lease(s): %s", len(leases), exc)
@@ -212,7 +222,7 @@ class SessionLeases:
                 )
 
         try:
-            await self._db.run(release, urgent=True)
+            await self._db.run_alone(release, urgent=True)
         except Exception as exc:
             log.warning("could not give back %d session lease(s): %s", len(pairs), exc)
 

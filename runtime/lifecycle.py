@@ -38,7 +38,7 @@ from adapters import (
 from adapters.ratelimit import RateLimiter
 from runtime.botcore import Bot, FileTools, Summarize, TaskGraph, consolidate
 from runtime.config import BotSettings
-from runtime.inbox import NOTIFY_ANSWERED, NOTIFY_WAITING, Inbox, InboxEntry
+from runtime.inbox import NOTIFY_ANSWERED, NOTIFY_WAITING, Answered, Inbox, InboxEntry
 from runtime.leases import Lease, LeaseLost, SessionLeases
 from runtime.llm import ModelRequest, Provider, UserText
 from runtime.logs import Redactor
@@ -209,16 +209,20 @@ class _Session:
                 await self._turns.handle(message)
                 return
             scope = lease.scope()
+            refused = False
             try:
                 with scope:
                     await self._turns.handle(message)
             except LeaseLost as exc:
                 # The database said so before the renewal did: no later job runs under it.
+                refused = True
                 log.warning("%s; its message %d is left to that replica", exc, message.inbox_id)
                 lease.lose()
+            except Answered:
+                refused = True  # its clients get the stored answer from the inbox
             finally:
                 lease.done(scope)
-            if lease.lost or scope.cancelled_caught:
+            if refused or lease.lost or scope.cancelled_caught:
                 self._moved(message)
             return
         forgotten = await self._history.clear(self._key)
@@ -712,27 +716,38 @@ class Runtime:
         task_status.started()
         while True:
             try:
-                now = trio.current_time()
                 waiting = await self.inbox.waiting_sessions(owner)
-                first_seen = {s.key: first_seen.get(s.key, now) for s in waiting}
+            except Exception:
+                log.exception("looking for waiting sessions failed; trying again")
+                waiting = []
+            now = trio.current_time()
+            first_seen = {s.key: first_seen.get(s.key, now) for s in waiting}
+            # All at once: one by one, a dead replica's sessions would each wait for the
+            # round trips of those before them.
+            async with trio.open_nursery() as nursery:
                 for session in waiting:
                     if all(entry_id in self._waiting for entry_id in session.ids):
                         continue
-                    # A session nobody holds is left a moment to the replica that took its
-                    # message, which holds it next (its client waits there, and streams).
-                    if not session.ours and now - first_seen[session.key] < TAKE_UP_AFTER:
+                    # A session nobody held is left a moment to the replica that took its
+                    # message (its client waits there, and streams); one whose holder died
+                    # (its lease lapsed) is taken at once.
+                    fresh = now - first_seen[session.key] < TAKE_UP_AFTER
+                    if fresh and not (session.ours or session.lapsed):
                         continue
-                    try:
-                        await self._take_up(session.key, {})
-                    except MailboxFull:
-                        continue  # its session is busy here: the next pass
-            except (ActorStopped, trio.ClosedResourceError):
-                return
-            except Exception:
-                log.exception("taking up waiting sessions failed; trying again")
+                    nursery.start_soon(self._take_up_waiting, session.key)
             with trio.move_on_after(CLAIM_EVERY):
                 await self._waiting_hint.wait()
             self._waiting_hint = trio.Event()
+
+    async def _take_up_waiting(self, session_key: str) -> None:
+        try:
+            await self._take_up(session_key, {})
+        except MailboxFull:
+            pass  # its session is busy here: the next pass
+        except (ActorStopped, trio.ClosedResourceError):
+            pass  # closing: `close` cancels the claims
+        except Exception:
+            log.exception("taking up session %s failed; trying again", session_key)
 
     def _watch(self, message: InboxEntry | Job, responder: Responder) -> None:
         if isinstance(message, Job):

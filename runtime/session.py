@@ -345,7 +345,7 @@ class SessionActor:
 
     async def handle(self, job: Job) -> None:
         services = self._services
-        await services.inbox.processing(job.inbox_id)
+        await services.inbox.processing(job.inbox_id, lease=job.lease)
         turn = Turn(
             turn_id=uuid.uuid4().hex[:12],
             session_id=job.inbound.session_id,

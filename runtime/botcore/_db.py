@@ -293,22 +293,28 @@ class Database:
     def engine(self) -> Engine:
         return self._engine
 
-    async def run(self, call: Callable[[Connection], T], *, urgent: bool = False) -> T:
+    async def run(self, call: Callable[[Connection], T]) -> T:
         """Run `call(connection)` in a worker thread inside a transaction; return once it is
-        committed. An `urgent` call (a lease's renewal) does not queue behind the batches: on
-        PostgreSQL it has a thread and a connection of its own."""
+        committed."""
+        if self._queue is None:
+            return await self.run_alone(call)
         pending = _Call(call)
-        if urgent:
-            await trio.to_thread.run_sync(self._engine.execute, [pending], limiter=self._urgent)
-            self.calls += 1
-            self.commits += 1
-        elif self._queue is None:
-            await trio.to_thread.run_sync(self._engine.execute, [pending], limiter=self._threads)
-            self.calls += 1
-            self.commits += 1
-        else:
-            self._queue.send_nowait(pending)
-            await pending.done.wait()
+        self._queue.send_nowait(pending)
+        await pending.done.wait()
+        assert pending.result is not None
+        return pending.result.unwrap()
+
+    async def run_alone(self, call: Callable[[Connection], T], *, urgent: bool = False) -> T:
+        """Run `call(connection)` in a transaction of its own, never in a batch: for a short
+        write of rows other processes wait on (session leases), whose locks a batch would
+        hold until its last call is done, and take while holding others' (a deadlock). An
+        `urgent` one (a lease's renewal) waits for no batch either: on PostgreSQL it has a
+        thread and a connection of its own."""
+        pending = _Call(call)
+        limiter = self._urgent if urgent else self._threads
+        await trio.to_thread.run_sync(self._engine.execute, [pending], limiter=limiter)
+        self.calls += 1
+        self.commits += 1
         assert pending.result is not None
         return pending.result.unwrap()
 
