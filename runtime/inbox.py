@@ -235,6 +235,11 @@ class Inbox:
             )
         )
 
+    async def next_unconfirmed(self) -> float | None:
+        """When the first answer of the outbox is due to be sent again (wall clock)."""
+        row = await self._db.run(lambda db: db.execute("SELECT min(next_at) FROM outbox").fetchone())
+        return None if row is None or row[0] is None else float(row[0])
+
     async def due_answers(self, limit: int = 20) -> list[tuple[InboxEntry, int]]:
         """Answers in the outbox that nobody confirmed within the grace time (the process
         that was sending them died, or the channel gave up): each taken for this process for

@@ -75,7 +75,8 @@ WATCH_EVERY = 0.5
 besides when a notification says one was written."""
 
 OUTBOX_EVERY = 5.0
-"""How often the outbox is looked at for answers not confirmed in time."""
+"""On a shared database, how often the outbox is looked at for answers other replicas
+left unconfirmed (its own are looked at when due)."""
 OUTBOX_ATTEMPTS = 10
 """How often an answer of the outbox is sent again before it is given up (logged)."""
 
@@ -369,6 +370,7 @@ class Runtime:
         self._background = trio.CancelScope()
         self._fleet = trio.CancelScope()
         self._sweeping = trio.CancelScope()
+        self._outbox_hint = trio.Event()
         self._scheduling = trio.CancelScope()
         self._responders: RecoveryResponders = {}
         self._nursery: trio.Nursery | None = None
@@ -541,6 +543,8 @@ class Runtime:
                 lease.idle_since = trio.current_time()
 
         outbox = isinstance(inbound.responder, SendingResponder)
+        if outbox:
+            self._outbox_hint.set()
         fanout = _Fanout(inbound.responder, replied, self._sent(entry_id) if outbox else None)
         job = Job(attrs.evolve(inbound, responder=fanout), entry_id, lease, outbox=outbox)
         return job, fanout
@@ -559,6 +563,8 @@ class Runtime:
         return sent
 
     async def _record_sent(self, entry_id: int, delivered: bool) -> None:
+        if not delivered:
+            self._outbox_hint.set()  # due again after the grace time
         try:
             await self.inbox.sent(entry_id, delivered)
         except Exception as exc:
@@ -566,37 +572,55 @@ class Runtime:
 
     async def _send_again(self) -> None:
         """Send again the answers of the outbox that were not confirmed in time: their
-        process died while sending, or the channel gave up (at most `OUTBOX_ATTEMPTS`)."""
-        every = min(OUTBOX_EVERY, self.inbox.outbox_grace / 2)
+        process died while sending, or the channel gave up (at most `OUTBOX_ATTEMPTS`).
+
+        It wakes when the first one is due, and when an answer is going into the outbox (not
+        committed yet when told, so it looks again by its grace time at the latest); on a
+        shared database also every `OUTBOX_EVERY`, for what other replicas left."""
+        grace = self.inbox.outbox_grace
+        expected = math.inf
         with self._sweeping:
             while True:
-                await trio.sleep(every)
                 try:
-                    due = await self.inbox.due_answers()
+                    await self._send_due()
+                    next_at = await self.inbox.next_unconfirmed()
                 except Exception:
-                    log.exception("reading the outbox failed; trying again in %gs", every)
-                    continue
-                for entry, attempts in due:
-                    make = self._responders.get(entry.channel)
-                    responder = make(entry) if make is not None else None
-                    if entry.reply is None or not isinstance(responder, SendingResponder):
-                        await self._record_sent(entry.id, True)  # nothing this can send
-                    elif attempts >= OUTBOX_ATTEMPTS:
-                        log.error(
-                            "the answer to message %d (%s) was not sent after %d tries; given up",
-                            entry.id,
-                            entry.session_key,
-                            attempts,
-                        )
-                        await self._record_sent(entry.id, True)
-                    else:
-                        log.warning(
-                            "sending again the answer to message %d (%s): not confirmed in %gs",
-                            entry.id,
-                            entry.session_key,
-                            self.inbox.outbox_grace,
-                        )
-                        responder.reply_then(entry.reply, self._sent(entry.id))
+                    log.exception("reading the outbox failed; trying again in %gs", OUTBOX_EVERY)
+                    next_at = time.time() + OUTBOX_EVERY
+                now = time.time()
+                if expected <= now:
+                    expected = math.inf  # looked at once it was due
+                wait = max(0.05, min(math.inf if next_at is None else next_at, expected) - now)
+                if self.leases is not None:
+                    wait = min(wait, OUTBOX_EVERY)
+                with trio.move_on_after(wait):
+                    await self._outbox_hint.wait()
+                if self._outbox_hint.is_set():
+                    self._outbox_hint = trio.Event()
+                    expected = min(expected, time.time() + grace + 0.5)
+
+    async def _send_due(self) -> None:
+        for entry, attempts in await self.inbox.due_answers():
+            make = self._responders.get(entry.channel)
+            responder = make(entry) if make is not None else None
+            if entry.reply is None or not isinstance(responder, SendingResponder):
+                await self._record_sent(entry.id, True)  # nothing this can send
+            elif attempts >= OUTBOX_ATTEMPTS:
+                log.error(
+                    "the answer to message %d (%s) was not sent after %d tries; given up",
+                    entry.id,
+                    entry.session_key,
+                    attempts,
+                )
+                await self._record_sent(entry.id, True)
+            else:
+                log.warning(
+                    "sending again the answer to message %d (%s): not confirmed in %gs",
+                    entry.id,
+                    entry.session_key,
+                    self.inbox.outbox_grace,
+                )
+                responder.reply_then(entry.reply, self._sent(entry.id))
 
     async def _take_up(self, session_key: str, live: Mapping[int, Inbound]) -> bool:
         """Hold the session's lease and queue its unanswered messages that are not queued
