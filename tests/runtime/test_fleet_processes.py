@@ -63,6 +63,19 @@ async def rows(url: str, query: str, params: Sequence[object] = ()) -> list[tupl
     return await trio.to_thread.run_sync(_rows, url, query, params)
 
 
+def replica_env(model: str, url: str) -> dict[str, str]:
+    """A replica's settings: the fake model, the shared database, short leases, no client
+    rate limit (the test is every client)."""
+    return {
+        "DEFAULT_MODEL": "claude-x",
+        "ANTHROPIC_API_KEY": "k",
+        "ANTHROPIC_BASE_URL": model,
+        "DATABASE_URL": url,
+        "LEASE_SECONDS": str(LEASE_SECONDS),
+        "CLIENT_RATE_PER_MINUTE": "0",
+    }
+
+
 def last_user_text(body: JSON) -> str:
     for message in reversed(body.get("messages", [])):
         if message.get("role") == "user":
@@ -199,14 +212,7 @@ async def test_kill_9_one_of_3_replicas_10_times_under_load_loses_and_repeats_no
     started = time.monotonic()
     try:
         async with open_local(fake) as model, httpx2.AsyncClient(timeout=60) as client:
-            env = {
-                "DEFAULT_MODEL": "claude-x",
-                "ANTHROPIC_API_KEY": "k",
-                "ANTHROPIC_BASE_URL": model,
-                "DATABASE_URL": url,
-                "LEASE_SECONDS": str(LEASE_SECONDS),
-                "CLIENT_RATE_PER_MINUTE": "0",
-            }
+            env = replica_env(model, url)
             balancer = Balancer(replicas, client, rng)
 
             async def keep_running(replica: Replica) -> None:
@@ -375,14 +381,7 @@ async def test_a_replica_paused_past_its_lease_has_its_late_write_refused(
     shutil.copytree(workspace, paused_ws)
     shutil.copytree(workspace, other_ws)
     async with open_local(fake) as model, httpx2.AsyncClient(timeout=60) as client:
-        env = {
-            "DEFAULT_MODEL": "claude-x",
-            "ANTHROPIC_API_KEY": "k",
-            "ANTHROPIC_BASE_URL": model,
-            "DATABASE_URL": url,
-            "LEASE_SECONDS": str(LEASE_SECONDS),
-            "CLIENT_RATE_PER_MINUTE": "0",
-        }
+        env = replica_env(model, url)
 
         async def ask(base: str, text: str, key: str) -> JSON:
             response = await client.post(
