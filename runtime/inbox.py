@@ -269,10 +269,13 @@ class Inbox:
         return await self._db.run(take)
 
     async def dead(self, entry_id: int, reply: Reply) -> None:
+        """Set a message aside that kept crashing its session; one answered meanwhile (by
+        another replica) keeps its answer."""
         body = json.dumps(_converter.unstructure(reply))
         await self._db.run(
             lambda db: db.execute(
-                "UPDATE inbox SET state = 'dead', reply = ?, updated_at = ? WHERE id = ?",
+                "UPDATE inbox SET state = 'dead', reply = ?, updated_at = ?"
+                " WHERE id = ? AND state IN ('received', 'processing')",
                 (body, time.time(), entry_id),
             )
         )
