@@ -251,7 +251,9 @@ class Leadership:
                 lease = None
             if lease is None:
                 if not waiting_logged:
-                    log.info("%s is done by another replica; this one takes over if it stops", self.key)
+                    log.info(
+                        "%s is done by another replica; this one takes over if it stops", self.key
+                    )
                     waiting_logged = True
                 await trio.sleep(self._retry)
                 continue

@@ -26,7 +26,9 @@ would scan the table at every recall)."""
 
 
 class WordSearch(Protocol):
-    def all_of(self, db: Connection, terms: Sequence[str], where: str, params: Sequence[Any]) -> list[Row]:
+    def all_of(
+        self, db: Connection, terms: Sequence[str], where: str, params: Sequence[Any]
+    ) -> list[Row]:
         """(id, content) of up to 20 memories with every one of `terms` (and `where`)."""
         ...
 
@@ -74,7 +76,9 @@ def null_safe_equal(db: Connection) -> str:
 class _Fts5:
     """SQLite: the `memories_fts` table (external content, kept by triggers)."""
 
-    def all_of(self, db: Connection, terms: Sequence[str], where: str, params: Sequence[Any]) -> list[Row]:
+    def all_of(
+        self, db: Connection, terms: Sequence[str], where: str, params: Sequence[Any]
+    ) -> list[Row]:
         return db.execute(
             "SELECT m.id, m.content FROM memories_fts CROSS JOIN memories m"
             f" ON m.id = memories_fts.rowid WHERE memories_fts MATCH ?{where} LIMIT 20",
@@ -134,7 +138,9 @@ class _Tsvector:
     """PostgreSQL: `memories.tsv`, generated from the content with the `botcore` text search
     configuration (see `runtime.botcore._postgres`)."""
 
-    def all_of(self, db: Connection, terms: Sequence[str], where: str, params: Sequence[Any]) -> list[Row]:
+    def all_of(
+        self, db: Connection, terms: Sequence[str], where: str, params: Sequence[Any]
+    ) -> list[Row]:
         return db.execute(
             "SELECT m.id, m.content FROM memories m"
             f" WHERE m.tsv @@ plainto_tsquery('botcore', ?){where} LIMIT 20",

@@ -127,9 +127,10 @@ async def test_two_replicas_on_one_token_poll_from_one_and_the_other_takes_over_
             asked.append(chat)
 
     try:
-        async with bot_process(make_workspace(tmp_path / "a"), env) as a, bot_process(
-            make_workspace(tmp_path / "b"), env
-        ) as b:
+        async with (
+            bot_process(make_workspace(tmp_path / "a"), env) as a,
+            bot_process(make_workspace(tmp_path / "b"), env) as b,
+        ):
             await ask_in_new_chats(5)
             await wait_until(lambda: all(fake.sent_to(chat) for chat in asked), within=20)
             assert fake.conflicts == 0  # one of them polls, the other waits for its lease

@@ -11,9 +11,15 @@ from runtime.relay import _PAYLOAD, decode, encode
 events = st.lists(
     st.one_of(
         st.builds(TextDelta, st.text(max_size=5000)),
-        st.builds(TextDelta, st.text(st.sampled_from("\x01😀é\""), min_size=900, max_size=3000)),
+        st.builds(TextDelta, st.text(st.sampled_from('\x01😀é"'), min_size=900, max_size=3000)),
         st.builds(TextDiscarded, st.text(max_size=3000)),
-        st.builds(ToolProgress, st.text(max_size=20), st.text(max_size=20), st.sampled_from(["start", "end"]), st.booleans()),
+        st.builds(
+            ToolProgress,
+            st.text(max_size=20),
+            st.text(max_size=20),
+            st.sampled_from(["start", "end"]),
+            st.booleans(),
+        ),
     ),
     max_size=30,
 )
@@ -41,7 +47,9 @@ def text_of(items: list[Progress]) -> str:
 
 
 @given(events)
-def test_encoded_progress_decodes_to_the_same_text_and_tools_in_order(items: list[Progress]) -> None:
+def test_encoded_progress_decodes_to_the_same_text_and_tools_in_order(
+    items: list[Progress],
+) -> None:
     items = as_streamed(items)
     payloads = encode(7, items)
     decoded: list[Progress] = []
@@ -58,4 +66,8 @@ def test_encoded_progress_decodes_to_the_same_text_and_tools_in_order(items: lis
 
 
 def test_a_notification_that_is_not_progress_is_ignored() -> None:
-    assert decode("") is None and decode("{}") is None and decode('{"id": 1, "events": [["x", {}]]}') is None
+    assert (
+        decode("") is None
+        and decode("{}") is None
+        and decode('{"id": 1, "events": [["x", {}]]}') is None
+    )
