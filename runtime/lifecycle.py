@@ -145,6 +145,34 @@ class _Fanout:
             responder.progress(event)
 
 
+@attrs.define(eq=False)
+class _Watched:
+    """A message another replica answers, as the clients waiting for it here know it."""
+
+    session_id: str
+    responders: list[Responder] = attrs.field(factory=list)
+    relayed: str = ""
+    """The answer's text relayed so far (`runtime.relay`)."""
+
+    def progress(self, event: Progress) -> None:
+        if isinstance(event, TextDelta):
+            self.relayed += event.text
+        elif isinstance(event, TextDiscarded):
+            self.relayed = self.relayed.removesuffix(event.text)
+        for responder in self.responders:
+            responder.progress(event)
+
+    def reply(self, reply: Reply) -> None:
+        # The answer can overtake its last relayed progress: a stream gets the text it has
+        # not seen yet, so what it put together is the answer.
+        rest = reply.message[len(self.relayed) :]
+        complete = bool(reply.error is None and rest and reply.message.startswith(self.relayed))
+        for responder in self.responders:
+            if complete:
+                responder.progress(TextDelta(rest))
+            responder.reply(reply)
+
+
 class _Relayed:
     """The responder of a message another replica may have a client waiting for: the
     answer goes to the inbox, the progress to that replica (`runtime.relay`)."""
@@ -309,7 +337,7 @@ class Runtime:
         """This replica's session leases, when the bot's database is shared (PostgreSQL)."""
         if bot.db.dialect == "postgresql":
             self.leases = SessionLeases(bot.db, seconds=config.lease_seconds)
-        self._watching: dict[int, list[Responder]] = {}
+        self._watching: dict[int, _Watched] = {}
         self._waiting_hint = trio.Event()
         self._answered_hint = trio.Event()
         self._taking: dict[str, trio.Lock] = {}
@@ -326,8 +354,6 @@ class Runtime:
                 lambda: len(self._watching),
             )
         self._relay = ProgressRelay(bot.db)
-        self._relayed: dict[int, str] = {}
-        self._watched_sessions: dict[int, str] = {}
         """The text relayed so far of the messages watched here."""
         """Messages another replica answers, and who waits here for their answer."""
         self.registry: Registry[str, SessionMessage] = Registry(
@@ -529,9 +555,10 @@ class Runtime:
         self._waiting[entry_id] = fanout
         if lease is not None:
             lease.busy += 1
-        self._watched_sessions.pop(entry_id, None)
-        for responder in self._watching.pop(entry_id, []):
-            fanout.add(responder)
+        watched = self._watching.pop(entry_id, None)
+        if watched is not None:
+            for responder in watched.responders:
+                fanout.add(responder)
 
     def _job(
         self, entry_id: int, inbound: Inbound, lease: Lease | None = None
@@ -653,14 +680,6 @@ class Runtime:
             if not lock.locked() and lock.statistics().tasks_waiting == 0:
                 self._taking.pop(session_key, None)
 
-    async def _take_up_fired(self, session_key: str) -> None:
-        try:
-            await self._take_up(session_key, {})
-        except (MailboxFull, ActorStopped):
-            pass  # `_claim` takes it up at a later pass
-        except Exception:
-            log.exception("taking up a fired schedule of %s failed; trying again", session_key)
-
     def _recovered(self, entry: InboxEntry) -> Inbound:
         """A message from the inbox, not from its channel (recovered after a restart, fired
         by a schedule, taken up from a shared inbox): answered at its address, or, for a
@@ -668,7 +687,7 @@ class Runtime:
         heartbeat with nothing to say goes nowhere."""
         make = self._responders.get(entry.channel)
         responder = make(entry) if make is not None else Unattended(entry.session_key)
-        if isinstance(responder, Unattended):
+        if self.leases is not None and isinstance(responder, Unattended):
             responder = _Relayed(responder, entry.id, self._relay)
         if (entry.message_id or "").startswith(HEARTBEAT_KEY):
             responder = _Quiet(responder)
@@ -703,17 +722,10 @@ class Runtime:
                 self._answered_hint.set()
             elif (progress := decode(payload)) is not None:
                 entry_id, events = progress
-                waiting = self._watching.get(entry_id)
-                if not waiting:
-                    return
-                for event in events:
-                    so_far = self._relayed.get(entry_id, "")
-                    if isinstance(event, TextDelta):
-                        self._relayed[entry_id] = so_far + event.text
-                    elif isinstance(event, TextDiscarded):
-                        self._relayed[entry_id] = so_far.removesuffix(event.text)
-                    for responder in waiting:
-                        responder.progress(event)
+                watched = self._watching.get(entry_id)
+                if watched is not None:
+                    for event in events:
+                        watched.progress(event)
 
         def notified(channel: str, payload: str) -> None:
             trio.from_thread.run_sync(wake, channel, payload, trio_token=token)
@@ -764,6 +776,8 @@ class Runtime:
             self._waiting_hint = trio.Event()
 
     async def _take_up_waiting(self, session_key: str) -> None:
+        """`_take_up` from a task of its own; a session it cannot queue now is left to the
+        next claim pass."""
         try:
             await self._take_up(session_key, {})
         except MailboxFull:
@@ -778,8 +792,7 @@ class Runtime:
             entry_id, session_id = message.inbox_id, message.inbound.session_id
         else:
             entry_id, session_id = message.id, message.session_id
-        self._watching.setdefault(entry_id, []).append(responder)
-        self._watched_sessions[entry_id] = session_id
+        self._watching.setdefault(entry_id, _Watched(session_id)).responders.append(responder)
 
     def _moved(self, job: Job) -> None:
         """A job whose lease was lost before it was answered: its clients wait for the
@@ -800,16 +813,16 @@ class Runtime:
             await self._pass_on_answers()
         finally:
             waiting, self._watching = self._watching, {}
-            for entry_id, responders in waiting.items():
-                stopped = Reply(
-                    message="This replica is stopping; your message is kept and answered by"
-                    " another one: retry with the same key to get the answer.",
-                    session_id=self._watched_sessions.get(entry_id, ""),
-                    turn_id="",
-                    error=ReplyError("stopped", f"message {entry_id} is answered elsewhere"),
+            for entry_id, watched in waiting.items():
+                watched.reply(
+                    Reply(
+                        message="This replica is stopping; your message is kept and answered"
+                        " by another one: retry with the same key to get the answer.",
+                        session_id=watched.session_id,
+                        turn_id="",
+                        error=ReplyError("stopped", f"message {entry_id} is answered elsewhere"),
+                    )
                 )
-                for responder in responders:
-                    responder.reply(stopped)
 
     async def _pass_on_answers(self) -> None:
         while True:
@@ -824,17 +837,10 @@ class Runtime:
                 log.exception("reading answers from the inbox failed; trying again")
                 continue
             for entry in answered:
-                reply = entry.reply
-                assert reply is not None
-                # The answer can overtake its last relayed progress: a stream gets the text
-                # it has not seen yet, so what it put together is the answer.
-                so_far = self._relayed.pop(entry.id, "")
-                self._watched_sessions.pop(entry.id, None)
-                rest = reply.message[len(so_far) :]
-                for responder in self._watching.pop(entry.id, []):
-                    if reply.error is None and rest and reply.message.startswith(so_far):
-                        responder.progress(TextDelta(rest))
-                    responder.reply(reply)
+                assert entry.reply is not None
+                watched = self._watching.pop(entry.id, None)
+                if watched is not None:
+                    watched.reply(entry.reply)
 
     def _tell(self, session_key: str, message: SessionMessage) -> None:
         """To the session's mailbox, behind any recovered message still waiting for room."""
@@ -916,7 +922,7 @@ class Runtime:
         fires, the inbox key lets one of them add the row)."""
         if self.leases is not None:
             if self._nursery is not None:
-                self._nursery.start_soon(self._take_up_fired, entry.session_key)
+                self._nursery.start_soon(self._take_up_waiting, entry.session_key)
             return
         job, self._waiting[entry.id] = self._job(entry.id, self._recovered(entry))
         self._backlog.setdefault(entry.session_key, deque()).append(job)

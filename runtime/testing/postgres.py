@@ -50,12 +50,9 @@ def bindir() -> Path:
     )
 
 
-def url(directory: Path, database: str = "postgres", schema: str | None = None) -> str:
+def url(directory: Path, database: str = "postgres") -> str:
     """The URL of the cluster in `directory` (its socket is there)."""
-    query = f"host={quote(str(directory / 'socket'), safe='')}"
-    if schema is not None:
-        query += f"&options={quote(f'-csearch_path={schema}', safe='')}"
-    return f"postgresql://{USER}@/{database}?{query}"
+    return f"postgresql://{USER}@/{database}?host={quote(str(directory / 'socket'), safe='')}"
 
 
 def start(directory: Path) -> str:
