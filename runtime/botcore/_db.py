@@ -232,7 +232,8 @@ class Engine(Protocol):
     """How many batches may run at once (each in its own thread and transaction); an engine
     of more than one has one more connection, for urgent calls."""
     errors: tuple[type[BaseException], ...]
-    """The engine's own errors: what a health check or `doctor` reports as a database fault."""
+    """The engine's own errors (`Database.errors`), for code that tells a database's fault
+    from its own."""
 
     def execute(self, batch: list[_Call[Any]]) -> None:
         """Run `batch` in one transaction, each call in a savepoint of its own, and commit:
@@ -258,7 +259,7 @@ class Database:
     several, each on a connection of its pool.
     """
 
-    def __init__(self, engine: Engine, *, path: Path | None, where: str) -> None:
+    def __init__(self, engine: Engine, *, path: Path | None) -> None:
         self._engine = engine
         self._threads = trio.CapacityLimiter(engine.parallel)
         self._slots = trio.Semaphore(engine.parallel)
@@ -269,8 +270,6 @@ class Database:
         self.errors = engine.errors
         self.path = path
         """The SQLite file; None on PostgreSQL."""
-        self.where = where
-        """Where the data is, for people: the file, or the server and database (no password)."""
         self.maintenance = trio.Lock()
         """Held by long maintenance passes (memory consolidation), so two never overlap."""
         self.batches = 0
@@ -284,10 +283,10 @@ class Database:
             from runtime.botcore._postgres import PostgresEngine
 
             engine = await trio.to_thread.run_sync(PostgresEngine.connect, str(target))
-            return cls(engine, path=None, where=describe(str(target)))
+            return cls(engine, path=None)
         path = Path(target)
         engine_ = await trio.to_thread.run_sync(_SqliteEngine.connect, path)
-        return cls(engine_, path=path, where=str(path))
+        return cls(engine_, path=path)
 
     @property
     def engine(self) -> Engine:
